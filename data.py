@@ -1,0 +1,275 @@
+"""
+data.py: where svi's clips come from.
+
+- ShapesWorld: the built-in synthetic world. A few coloured shapes (circle, square, triangle) move
+  and bounce on a plain background. It is drawn from a seed, at any length, with no files; it knows
+  its ground truth per frame, describes itself in a prompt, can script scene events (a shape
+  appears, changes colour, the background changes) and can let one shape follow a control stream
+  (a keypoint path). It draws from a fixed palette with hard edges, so every pixel of a real frame
+  is a palette colour, which is what makes drift measurable exactly.
+- VideoFolder: a folder of the user's own videos (mp4, gif, webm, avi), with an optional caption
+  per video in a sidecar .txt; it feeds the same clip sampler.
+- Both have clips(batch, frames, rng) -> (video [B, C, T, H, W] in [-1, 1], prompts, control).
+
+Try it: python data.py   (writes shapes.gif, a few clips of the world)
+"""
+import os
+import warnings
+
+import imageio
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+COLOURS = {"red": (230, 40, 40), "green": (40, 200, 70), "blue": (40, 100, 240),
+           "yellow": (240, 220, 30), "magenta": (220, 50, 220), "cyan": (40, 220, 230),
+           "white": (250, 250, 250)}
+BACKGROUNDS = {"black": (0, 0, 0), "gray": (110, 110, 110), "navy": (20, 20, 80),
+               "brown": (90, 50, 20)}
+KINDS = ("circle", "square", "triangle")
+PALETTE = np.array(list(COLOURS.values()) + list(BACKGROUNDS.values()), dtype=np.uint8)  # [K, 3]
+MAX_SHAPES = 3
+VIDEO_EXTENSIONS = (".mp4", ".gif", ".webm", ".avi")
+
+
+def to_unit(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [..., T, H, W, C] -> float in [-1, 1], [..., C, T, H, W]."""
+    x = torch.from_numpy(frames).float() / 127.5 - 1.0
+    return x.movedim(-1, -4)
+
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """float [C, T, H, W] in [-1, 1] -> uint8 [T, H, W, C]."""
+    x = ((video.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(1, 2, 3, 0).cpu().numpy()
+
+
+# -----------------------------------------------------------------------------
+# The synthetic world
+
+class ShapesWorld:
+    """One world: its state moves one frame per render. Ground truth of every frame rendered is
+    appended to self.truth (positions, velocities, sizes, colours, kinds, background)."""
+
+    def __init__(self, seed: int, resolution: int = 32, n_shapes: int | None = None,
+                 control: bool = False):
+        self.rng = np.random.default_rng(seed)
+        self.res = resolution
+        n = int(self.rng.integers(1, MAX_SHAPES + 1)) if n_shapes is None else n_shapes
+        self.size = resolution * self.rng.uniform(0.12, 0.2, n)          # radius in pixels
+        self.pos = self.rng.uniform(self.size[:, None], resolution - self.size[:, None], (n, 2))
+        speed = resolution * self.rng.uniform(0.02, 0.05, n)             # pixels per frame
+        angle = self.rng.uniform(0, 2 * np.pi, n)
+        self.vel = speed[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)  # [n, 2] (x, y)
+        self.colour = self.rng.choice(len(COLOURS), n, replace=False)
+        self.kind = self.rng.integers(0, len(KINDS), n)
+        self.background = int(self.rng.integers(0, len(BACKGROUNDS)))
+        self.control = control  # shape 0 follows a Lissajous keypoint path
+        self.path = (self.rng.uniform(0.02, 0.06, 2), self.rng.uniform(0, 2 * np.pi, 2))
+        self.time = 0
+        self.truth = []
+
+    def prompt(self) -> str:
+        names = [f"a {list(COLOURS)[c]} {KINDS[k]}" for c, k in zip(self.colour, self.kind)]
+        shapes = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        return f"{shapes} on a {list(BACKGROUNDS)[self.background]} background"
+
+    def keypoint(self, time: int) -> np.ndarray:
+        """Where the path puts shape 0 at a frame, in pixels (x, y)."""
+        freq, phase = self.path
+        margin = self.size[0]
+        centre, amplitude = self.res / 2, self.res / 2 - margin
+        return centre + amplitude * np.sin(freq * 2 * np.pi * time + phase)
+
+    def control_vector(self, time: int) -> np.ndarray:
+        """The control stream: the keypoint of shape 0, scaled to [-1, 1]."""
+        return self.keypoint(time) / self.res * 2 - 1
+
+    def step(self):
+        """Constant velocity, elastic bounce off the borders; shape 0 on the path in control mode."""
+        self.pos = self.pos + self.vel
+        low, high = self.size[:, None], self.res - self.size[:, None]
+        hit = (self.pos < low) | (self.pos > high)
+        self.pos = np.where(self.pos < low, 2 * low - self.pos, self.pos)
+        self.pos = np.where(self.pos > high, 2 * high - self.pos, self.pos)
+        self.vel = np.where(hit, -self.vel, self.vel)
+        self.time += 1
+        if self.control:
+            self.pos[0] = self.keypoint(self.time)
+
+    def render(self) -> np.ndarray:
+        """The current frame, uint8 [H, W, 3], and its ground truth appended to self.truth."""
+        if self.control:
+            self.pos[0] = self.keypoint(self.time)
+        ys, xs = np.mgrid[0:self.res, 0:self.res] + 0.5
+        frame = np.empty((self.res, self.res, 3), dtype=np.uint8)
+        frame[:] = list(BACKGROUNDS.values())[self.background]
+        for (x, y), r, c, k in zip(self.pos, self.size, self.colour, self.kind):
+            dx, dy = xs - x, ys - y
+            if KINDS[k] == "circle":
+                inside = dx ** 2 + dy ** 2 <= r ** 2
+            elif KINDS[k] == "square":
+                inside = (np.abs(dx) <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
+            else:  # triangle, apex up: half width grows from 0 at dy = -r to r at dy = 0.8 r
+                inside = (dy >= -r) & (dy <= 0.8 * r) & (np.abs(dx) <= (dy + r) / 1.8)
+            frame[inside] = list(COLOURS.values())[c]
+        self.truth.append(dict(pos=self.pos.copy(), vel=self.vel.copy(), size=self.size.copy(),
+                               colour=self.colour.copy(), kind=self.kind.copy(),
+                               background=self.background, time=self.time))
+        return frame
+
+    def frames(self, n: int) -> np.ndarray:
+        """Render n frames, moving the world after each: uint8 [n, H, W, 3]."""
+        out = []
+        for _ in range(n):
+            out.append(self.render())
+            self.step()
+        return np.stack(out)
+
+    def event(self) -> str:
+        """A scene event at a clip boundary: a shape appears, one changes colour, or the
+        background changes. Returns a short description; prompt() describes the new scene."""
+        options = ["colour", "background"] + (["appear"] if len(self.kind) < MAX_SHAPES else [])
+        kind = options[int(self.rng.integers(len(options)))]
+        if kind == "colour":
+            i = int(self.rng.integers(len(self.colour)))
+            free = np.setdiff1d(np.arange(len(COLOURS)), self.colour)
+            self.colour[i] = self.rng.choice(free)
+        elif kind == "background":
+            self.background = int(self.rng.choice(
+                np.setdiff1d(np.arange(len(BACKGROUNDS)), [self.background])))
+        else:
+            other = ShapesWorld(int(self.rng.integers(2 ** 31)), self.res, 1)
+            other.colour[:] = self.rng.choice(np.setdiff1d(np.arange(len(COLOURS)), self.colour))
+            for name in ("size", "pos", "vel", "colour", "kind"):
+                setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
+        return kind
+
+
+class ShapesSource:
+    """Training clips of fresh random worlds. A share of them has a scene event right after the
+    motion frames (so film mode learns to follow a new prompt) or shape 0 on a control path."""
+
+    def __init__(self, resolution: int, motion_frames: int, p_event=0.2, p_control=0.2):
+        self.res, self.motion = resolution, motion_frames
+        self.p_event, self.p_control = p_event, p_control
+
+    def clips(self, batch: int, frames: int, rng: np.random.Generator):
+        videos, prompts, controls = [], [], []
+        for _ in range(batch):
+            world = ShapesWorld(int(rng.integers(2 ** 31)), self.res,
+                                control=bool(rng.random() < self.p_control))
+            if rng.random() < self.p_event:
+                first = world.frames(self.motion)
+                world.event()
+                video = np.concatenate([first, world.frames(frames - self.motion)])
+            else:
+                video = world.frames(frames)
+            videos.append(video)
+            prompts.append(world.prompt())
+            path = np.stack([world.control_vector(s["time"]) for s in world.truth])  # [T, 2]
+            controls.append(path if world.control else np.full_like(path, np.nan))
+        control = torch.from_numpy(np.stack(controls)).float()  # [B, T, 2], NaN: no control
+        return to_unit(np.stack(videos)), prompts, control
+
+
+# -----------------------------------------------------------------------------
+# The user's own videos
+
+def read_video(path: str, resolution: int) -> np.ndarray:
+    """All frames of a video file as uint8 [T, resolution, resolution, 3]: grayscale and RGBA are
+    converted to RGB, the largest centred square is cropped and resized (area averaging)."""
+    frames = np.asarray(iio.imread(path, index=None))
+    if frames.ndim == 3 and frames.shape[-1] not in (3, 4):  # [T, H, W] grayscale
+        frames = frames[..., None]
+    if frames.ndim == 3:  # a single image [H, W, C]
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[0] == 0:
+        raise ValueError(f"no frames (shape {frames.shape})")
+    frames = frames[..., :3] if frames.shape[-1] >= 3 else np.repeat(frames[..., :1], 3, axis=-1)
+    T, H, W, _ = frames.shape
+    side = min(H, W)
+    top, left = (H - side) // 2, (W - side) // 2
+    x = torch.from_numpy(np.ascontiguousarray(frames[:, top:top + side, left:left + side]))
+    x = x.permute(0, 3, 1, 2).float()                                 # [T, 3, side, side]
+    x = F.interpolate(x, size=(resolution, resolution), mode="area")  # [T, 3, res, res]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+class VideoFolder:
+    """Every video of a folder, held in memory at the training resolution. A video's caption is
+    its sidecar .txt (same name), else "a video". Files that cannot be read, are empty or are
+    shorter than a clip are named in one warning and skipped; a folder with nothing usable is an
+    error."""
+
+    def __init__(self, folder: str, frames: int, resolution: int):
+        if not os.path.isdir(folder):
+            raise ValueError(f"--data {folder!r}: no such folder (or use --data shapes)")
+        names = sorted(f for f in os.listdir(folder) if f.lower().endswith(VIDEO_EXTENSIONS))
+        self.videos, self.captions, skipped = [], [], []
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                video = read_video(path, resolution)
+            except Exception as err:  # imageio raises many kinds for broken files
+                skipped.append(f"{name} (unreadable: {type(err).__name__})")
+                continue
+            if len(video) < frames:
+                skipped.append(f"{name} ({len(video)} frames, a clip needs {frames})")
+                continue
+            caption = os.path.splitext(path)[0] + ".txt"
+            text = open(caption, encoding="utf-8").read().strip() if os.path.exists(caption) else ""
+            self.videos.append(video)
+            self.captions.append(text or "a video")
+        if skipped:
+            warnings.warn(f"{folder}: skipped {len(skipped)} file(s): " + "; ".join(skipped))
+        if not self.videos:
+            raise ValueError(f"--data {folder!r}: no usable video ({', '.join(VIDEO_EXTENSIONS)}, "
+                             f"at least {frames} frames) among {len(names)} candidate file(s)")
+
+    def clips(self, batch: int, frames: int, rng: np.random.Generator):
+        videos, prompts = [], []
+        for _ in range(batch):
+            i = int(rng.integers(len(self.videos)))
+            start = int(rng.integers(len(self.videos[i]) - frames + 1))
+            videos.append(self.videos[i][start:start + frames])
+            prompts.append(self.captions[i])
+        control = torch.full((batch, frames, 2), float("nan"))  # user videos carry no control
+        return to_unit(np.stack(videos)), prompts, control
+
+
+# -----------------------------------------------------------------------------
+# Writing videos
+
+class VideoWriter:
+    """Appends uint8 frames [T, H, W, 3] to an .mp4 (ffmpeg) or .gif file as they come, so a
+    long video never sits in memory (gif frames are buffered by the encoder: keep gifs short).
+    Frames are enlarged `scale` times (nearest pixel) to be visible."""
+
+    def __init__(self, path: str, fps: int = 8, scale: int = 4):
+        self.scale, self.frames = scale, 0
+        ext = os.path.splitext(path)[1].lower()
+        if ext not in (".mp4", ".gif"):
+            raise ValueError(f"{path}: the output must end in .mp4 or .gif")
+        kwargs = dict(fps=fps, macro_block_size=1) if ext == ".mp4" else dict(duration=1 / fps, loop=0)
+        self.writer = imageio.get_writer(path, **kwargs)
+
+    def write(self, frames: np.ndarray):
+        for frame in frames:
+            self.writer.append_data(frame.repeat(self.scale, 0).repeat(self.scale, 1))
+            self.frames += 1
+
+    def close(self):
+        self.writer.close()
+
+
+if __name__ == "__main__":
+    source = ShapesSource(resolution=32, motion_frames=2, p_event=0.5, p_control=0.5)
+    video, prompts, control = source.clips(4, 16, np.random.default_rng(0))
+    writer = VideoWriter("shapes.gif")
+    for clip, prompt in zip(video, prompts):
+        print(prompt)
+        writer.write(to_uint8(clip))
+    writer.close()
+    print(f"wrote shapes.gif ({writer.frames} frames)")

@@ -1,0 +1,169 @@
+"""
+errors.py: Error-Recycling Fine-Tuning (ERFT), the contribution of Stable Video Infinity.
+
+A model trained on clean conditions meets its own flawed frames at test time and drifts. ERFT
+trains it on its own errors instead, in a closed loop that costs almost nothing extra:
+
+1. calculate: from the training forward pass itself, one Euler step of the predicted velocity to
+   each end of the flow path, compared with the same step of the target velocity, gives the
+   error the model would make at the data end (e_vid) and at the noise end (e_noise)
+   (paper Eq. 4; one_step_errors);
+2. bank: the errors go into replay memories bucketed by flow time, aligned with the sampler's
+   timesteps (ErrorBank);
+3. inject: later steps add banked errors to the clean clip, the noise and the conditioning
+   (motion) frames, each behind a Bernoulli gate, and still regress the velocity that points at
+   the clean clip (paper Eq. 3 and 6; inject).
+
+The conditioning-frame error is what matters most (paper Tab. 4): it shows the model motion
+frames as flawed as its own outputs, next to a clean target.
+Names follow the paper, not the official code, whose `y_error_buffer` holds e_vid and whose
+`latent_error_buffer` holds e_noise.
+
+Try it: python -m pytest tests/test_errors.py
+"""
+import torch
+import torch.distributed as dist
+
+from flow import interpolate, noise_from_v, x0_from_v
+
+
+@torch.no_grad()
+def one_step_errors(v_hat, v_target, t):
+    """The bidirectional one-step errors of a prediction (no extra forward pass):
+        e_vid   = x0_from_v(x_t, v_hat, t)    - x0_from_v(x_t, v_target, t)    = -t (v_hat - v*)
+        e_noise = noise_from_v(x_t, v_hat, t) - noise_from_v(x_t, v_target, t) = (1 - t)(v_hat - v*)
+    x_t cancels out of both differences, so a zero state stands in for it."""
+    x_t = torch.zeros_like(v_hat)
+    e_vid = x0_from_v(x_t, v_hat, t) - x0_from_v(x_t, v_target, t)
+    e_noise = noise_from_v(x_t, v_hat, t) - noise_from_v(x_t, v_target, t)
+    return e_vid.float(), e_noise.float()
+
+
+class ErrorBank:
+    """Replay memory of errors, one bucket per sampler timestep (`anchors`, nearest wins), at most
+    `capacity` errors per bucket. A full bucket makes room by `replace`:
+      "l2"     - the new error replaces its most similar stored one (L2), as the official code does,
+                 which keeps the bucket diverse;
+      "random" - a uniformly chosen one;  "fifo" - the oldest one."""
+
+    def __init__(self, anchors, capacity: int, replace: str = "l2", device="cpu",
+                 dtype=torch.float16):
+        assert replace in ("l2", "random", "fifo"), f"unknown replacement {replace!r}"
+        assert capacity > 0, "capacity must be positive"
+        self.anchors = torch.as_tensor(anchors, dtype=torch.float32)
+        self.capacity, self.replace, self.device, self.dtype = capacity, replace, device, dtype
+        self.errors = None                                   # [buckets, capacity, ...] on first add
+        self.count = torch.zeros(len(self.anchors), dtype=torch.long)  # filled slots per bucket
+        self.added = torch.zeros(len(self.anchors), dtype=torch.long)  # ever added (fifo order)
+        self.replace_gen = torch.Generator().manual_seed(0)   # for "random" replacement
+
+    def bucket_of(self, t) -> torch.Tensor:
+        """The bucket of each flow time: the nearest anchor. [B] -> [B] long."""
+        t = torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1).cpu()
+        return (t - self.anchors[None]).abs().argmin(dim=1)
+
+    def __len__(self):
+        return int(self.count.sum())
+
+    @torch.no_grad()
+    def add(self, errors, t):
+        """Store one error per sample, errors [B, ...] at flow times t [B]."""
+        if self.errors is None:
+            self.errors = torch.zeros(len(self.anchors), self.capacity, *errors.shape[1:],
+                                      device=self.device, dtype=self.dtype)
+        for error, b in zip(errors.to(self.device, self.dtype), self.bucket_of(t).tolist()):
+            n = int(self.count[b])
+            if n < self.capacity:
+                slot = n
+                self.count[b] += 1
+            elif self.replace == "l2":
+                stored = self.errors[b].flatten(1).float()                    # [capacity, D]
+                slot = int((stored - error.flatten().float()).norm(dim=1).argmin())
+            elif self.replace == "random":
+                slot = int(torch.randint(self.capacity, (1,), generator=self.replace_gen))
+            else:  # fifo: the slots are overwritten in the order they were filled
+                slot = int(self.added[b] % self.capacity)
+            self.errors[b, slot] = error
+            self.added[b] += 1
+
+    def sample(self, t, generator):
+        """One stored error per flow time, uniform within its bucket: [B, ...]. A sample whose
+        bucket is empty gets zeros (no error); None when the whole bank is empty."""
+        if len(self) == 0:
+            return None
+        buckets = self.bucket_of(t)
+        out = torch.zeros(len(buckets), *self.errors.shape[2:], dtype=torch.float32)
+        for i, b in enumerate(buckets.tolist()):
+            if self.count[b] > 0:
+                out[i] = self.errors[b, int(torch.randint(int(self.count[b]), (1,),
+                                                          generator=generator))].float()
+        return out
+
+    def sample_pooled(self, n: int, generator):
+        """n errors drawn uniformly from everything stored, whatever its bucket: [n, ...]."""
+        if len(self) == 0:
+            return None
+        flat = torch.cat([self.errors[b, :int(c)] for b, c in enumerate(self.count)])
+        return flat[torch.randint(len(flat), (n,), generator=generator)].float()
+
+    def stats(self) -> dict:
+        """Count and mean L2 norm of the errors of each bucket."""
+        norms = [self.errors[b, :int(c)].flatten(1).float().norm(dim=1).mean().item() if c else 0.0
+                 for b, c in enumerate(self.count)] if self.errors is not None else []
+        return dict(count=self.count.tolist(), mean_norm=norms)
+
+    def state_dict(self) -> dict:
+        """Plain tensors only, so a checkpoint holding the bank loads with weights_only=True."""
+        return dict(anchors=self.anchors, count=self.count, added=self.added,
+                    errors=self.errors if self.errors is not None else torch.empty(0),
+                    replace_gen=self.replace_gen.get_state())
+
+    def load_state_dict(self, state: dict):
+        self.anchors, self.count, self.added = state["anchors"], state["count"], state["added"]
+        self.errors = state["errors"].to(self.device, self.dtype) if state["errors"].numel() else None
+        self.replace_gen.set_state(state["replace_gen"])
+
+
+def inject(x0, noise, cond, t, bank_vid, bank_noise, generator, p_img=0.9, p_vid=0.9,
+           p_noise=0.01, p_clean=0.2, motion_frames=2):
+    """Error injection (paper Eq. 3, as the official code does it). Per sample, Bernoulli gates:
+        x0~    = x0    + [vid]   e_vid     e_vid from the bucket of t in bank_vid
+        noise~ = noise + [noise] e_noise   e_noise from the bucket of t in bank_noise
+        cond   motion slots += [img] a random temporal window of a pooled e_vid
+    and a clean gate (p_clean) that switches all three off. Returns
+        x_t = (1 - t) x0~ + t noise~,   v* = noise~ - x0 (it points at the CLEAN clip: Eq. 6),
+        cond, and the clean gates [B] (bool).
+    With empty banks, or every clean gate on, this is exactly plain flow matching.
+    The paper adds the image error to the whole conditioning latent; the code adds it to the
+    first frames only (the motion slots), as here."""
+    B, C, T = x0.shape[:3]
+    gates = torch.rand(B, 4, generator=generator)
+    clean = gates[:, 3] < p_clean
+    use_img, use_vid, use_noise = [(gates[:, i] < p) & ~clean for i, p in
+                                   enumerate((p_img, p_vid, p_noise))]
+    x0_tilde, noise_tilde, cond = x0, noise, cond.clone()
+    e_vid, e_noise = bank_vid.sample(t, generator), bank_noise.sample(t, generator)
+    e_img = bank_vid.sample_pooled(B, generator)
+    gate = lambda g: g.to(x0.dtype).view(B, 1, 1, 1, 1).to(x0.device)
+    if e_vid is not None:
+        x0_tilde = x0 + gate(use_vid) * e_vid.to(x0.device, x0.dtype)
+    if e_noise is not None:
+        noise_tilde = noise + gate(use_noise) * e_noise.to(x0.device, x0.dtype)
+    if e_img is not None:  # a window of motion_frames frames, from a random start in the clip
+        starts = torch.randint(T - motion_frames + 1, (B,), generator=generator).tolist()
+        window = torch.stack([e[:, s:s + motion_frames] for e, s in zip(e_img, starts)])
+        cond[:, 1:, :motion_frames] += gate(use_img) * window.to(x0.device, x0.dtype)  # skip mask
+    return interpolate(x0_tilde, noise_tilde, t), noise_tilde - x0, cond, clean
+
+
+def gather_from_ranks(*tensors):
+    """All ranks' tensors concatenated on dim 0 (for the first warm-up steps, every rank banks
+    the errors of all ranks, as the official code does); a single process returns them as is."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    out = []
+    for x in tensors:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        out.append(torch.cat(parts))
+    return out

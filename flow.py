@@ -1,0 +1,81 @@
+"""
+flow.py: the rectified-flow math of svi, in the SVI/Wan code convention.
+
+    x_t = (1 - t) * x0 + t * noise          t = 0 is data, t = 1 is noise
+    v   = noise - x0                         the velocity the DiT learns to predict
+    sampling integrates dx/dt = v from t = 1 down to t = 0 with Euler steps
+
+(The SVI paper writes the same path with t' = 1 - t and V = x0 - noise: paper Eq. 1-2.)
+Every `t` here is a tensor of shape [B] (or a scalar) that broadcasts over [B, C, T, H, W].
+Try it: python -m pytest tests/test_flow.py
+"""
+import torch
+import torch.nn.functional as F
+
+
+def _expand(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """[B] (or scalar) -> [B, 1, 1, 1, 1], so t broadcasts over a video x."""
+    t = torch.as_tensor(t, device=x.device, dtype=x.dtype)
+    return t.reshape(-1, *([1] * (x.dim() - 1))) if t.dim() > 0 else t
+
+
+def interpolate(x0, noise, t):
+    """A point on the straight path from data to noise: x_t = (1 - t) x0 + t noise."""
+    t = _expand(t, x0)
+    return (1 - t) * x0 + t * noise
+
+
+def velocity_target(x0, noise):
+    """d x_t / dt along the path: v = noise - x0, the same at every t."""
+    return noise - x0
+
+
+def x0_from_v(x_t, v, t):
+    """One Euler step from t to the data end (t = 0): x0_hat = x_t - t v."""
+    return x_t - _expand(t, x_t) * v
+
+
+def noise_from_v(x_t, v, t):
+    """One Euler step from t to the noise end (t = 1): noise_hat = x_t + (1 - t) v."""
+    return x_t + (1 - _expand(t, x_t)) * v
+
+
+def shift_t(s, shift: float):
+    """The schedule shift of SD3/Wan: t = shift s / (1 + (shift - 1) s). shift > 1 spends more
+    time near noise, which larger frames need; shift = 1 is the identity."""
+    return shift * s / (1 + (shift - 1) * s)
+
+
+def sample_t(n: int, generator: torch.Generator, shift: float = 1.0) -> torch.Tensor:
+    """Training times [n]: s uniform in [0, 1), then shifted (as the official code samples them)."""
+    return shift_t(torch.rand(n, generator=generator), shift)
+
+
+def schedule(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """Inference times [steps + 1], from 1 down to 0 (both ends included)."""
+    return shift_t(torch.linspace(1.0, 0.0, steps + 1), shift)
+
+
+def flow_loss(v_hat, v_target):
+    """Mean squared error of the velocity, in fp32 (paper Eq. 6 without the error terms)."""
+    return F.mse_loss(v_hat.float(), v_target.float())
+
+
+@torch.no_grad()
+def euler_sample(velocity, noise, steps: int, shift: float = 1.0, guidance: float = 1.0):
+    """Integrate from noise (t = 1) to data (t = 0) in `steps` Euler steps.
+
+    velocity(x, t, conditional) -> v, with t of shape [B]; conditional=False must drop the prompt.
+    With guidance != 1 this is classifier-free guidance (Ho & Salimans 2022):
+        v = v_uncond + guidance * (v_cond - v_uncond)
+    """
+    ts = schedule(steps, shift).to(noise.device)
+    x = noise
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        t_batch = t.expand(x.shape[0])
+        v = velocity(x, t_batch, True)
+        if guidance != 1.0:
+            v_uncond = velocity(x, t_batch, False)
+            v = v_uncond + guidance * (v - v_uncond)
+        x = x + (t_next - t) * v  # t_next < t: a step towards the data
+    return x

@@ -1,0 +1,350 @@
+"""
+model.py: the video diffusion transformer (DiT) of svi, written from scratch.
+
+It predicts the rectified-flow velocity of a whole clip from the noisy clip, the flow time t, the
+conditioning frames, a prompt and an optional control stream:
+
+    v_hat = VideoDiT(x_t, t, cond, prompt tokens, control)      # all shapes [B, C, T, H, W]
+
+Notable features:
+- spatio-temporal patches (patch_t frames x patch_s x patch_s pixels) -> one token each;
+- adaLN-Zero blocks (DiT, Peebles & Xie 2023): flow time modulates every block, and the output
+  layer starts at zero, so an untrained model predicts v = 0 exactly;
+- full attention over all tokens of a clip through F.scaled_dot_product_attention;
+- conditioning concatenated on channels, as in Wan image-to-video: the input is [x_t, mask, cond],
+  where cond holds the motion frames (the last frames of the previous clip) in their slots and, after
+  them, the anchor image repeated ("shot" mode) or zeros ("film" mode), and mask marks the motion slots;
+- a small byte-level text encoder trained from scratch, read through cross-attention;
+- an optional per-frame control vector (a keypoint path, the "skeleton" of the paper), embedded and
+  added to the tokens of its frames.
+
+Shape letters: B batch, C channels, T frames, H/W height/width, N tokens, D width, L text bytes.
+Try it: python model.py   (prints the parameter count of every preset)
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class DiTConfig:
+    width: int = 128          # D, the token width
+    depth: int = 4            # number of DiT blocks
+    heads: int = 2            # attention heads (head size = width // heads)
+    mlp_ratio: float = 4.0    # hidden width of the MLPs, as a multiple of D
+    frames: int = 8           # T, frames per clip
+    resolution: int = 32      # H = W, pixels
+    channels: int = 3         # C, RGB
+    patch_t: int = 2          # frames per token
+    patch_s: int = 4          # pixels per token side
+    text_len: int = 64        # prompt bytes kept (longer prompts are cut)
+    text_depth: int = 2       # transformer layers of the text encoder
+    control_dim: int = 2      # size of the per-frame control vector (a keypoint x, y)
+
+
+# The DiT paper's sizes (S, B, L, XL); T is the tiny one that trains on a laptop CPU.
+PRESETS = {
+    "T": dict(width=128, depth=4, heads=2),
+    "S": dict(width=384, depth=12, heads=6),
+    "B": dict(width=768, depth=12, heads=12),
+    "L": dict(width=1024, depth=24, heads=16),
+    "XL": dict(width=1152, depth=28, heads=16),
+}
+
+BOS, PAD = 256, 257  # byte ids go 0..255; a begin token every prompt has, and padding
+
+
+def tokenize(prompts: list[str], text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """UTF-8 bytes of each prompt, cut to text_len, after a BOS token. Any string is accepted: the
+    empty prompt (used for classifier-free guidance) is BOS alone. Returns ids, mask: [B, L + 1]."""
+    ids = torch.full((len(prompts), text_len + 1), PAD, dtype=torch.long)
+    ids[:, 0] = BOS
+    for i, prompt in enumerate(prompts):
+        data = prompt.encode("utf-8", errors="replace")[:text_len]
+        ids[i, 1:1 + len(data)] = torch.tensor(list(data), dtype=torch.long)
+    return ids, ids != PAD
+
+
+def condition(motion: torch.Tensor, anchor: torch.Tensor | None, frames: int) -> torch.Tensor:
+    """The conditioning input [mask, cond]: motion [B, C, m, H, W] in the first m frame slots, then the
+    anchor [B, C, H, W] repeated (shot mode) or zeros (anchor None, film mode). -> [B, C + 1, T, H, W]"""
+    B, C, m, H, W = motion.shape
+    rest = torch.zeros(B, C, frames - m, H, W, device=motion.device, dtype=motion.dtype)
+    if anchor is not None:
+        rest = rest + anchor[:, :, None]  # [B, C, 1, H, W] broadcast over the free slots
+    cond = torch.cat([motion, rest], dim=2)  # [B, C, T, H, W]
+    mask = torch.zeros(B, 1, frames, H, W, device=motion.device, dtype=motion.dtype)
+    mask[:, :, :m] = 1.0
+    return torch.cat([mask, cond], dim=1)  # [B, C + 1, T, H, W]
+
+
+# -----------------------------------------------------------------------------
+# Patches and positions
+
+def patchify(x: torch.Tensor, pt: int, ps: int) -> torch.Tensor:
+    """[B, C, T, H, W] -> [B, N, pt * ps * ps * C], tokens in (frame, row, column) order."""
+    B, C, T, H, W = x.shape
+    x = x.reshape(B, C, T // pt, pt, H // ps, ps, W // ps, ps)  # [B, C, t, pt, h, ps, w, ps]
+    x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)                       # [B, t, h, w, pt, ps, ps, C]
+    return x.reshape(B, (T // pt) * (H // ps) * (W // ps), pt * ps * ps * C)
+
+
+def unpatchify(x: torch.Tensor, C: int, T: int, H: int, W: int, pt: int, ps: int) -> torch.Tensor:
+    """The inverse of patchify: [B, N, pt * ps * ps * C] -> [B, C, T, H, W]."""
+    B = x.shape[0]
+    x = x.reshape(B, T // pt, H // ps, W // ps, pt, ps, ps, C)  # [B, t, h, w, pt, ps, ps, C]
+    x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)                       # [B, C, t, pt, h, ps, w, ps]
+    return x.reshape(B, C, T, H, W)
+
+
+def sincos(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer sinusoids of positions [N] -> [N, dim] (dim even)."""
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
+    angles = positions.float()[:, None] * freqs[None]  # [N, dim / 2]
+    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+
+
+def position_embedding(t: int, h: int, w: int, width: int) -> torch.Tensor:
+    """Fixed 3-D sinusoidal positions of a t x h x w token grid -> [1, N, width]: a third of the
+    channels each for frame, row and column (the remainder stays zero)."""
+    d = (width // 6) * 2
+    grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w),
+                                      indexing="ij"), dim=-1).reshape(-1, 3)  # [N, 3]
+    emb = torch.cat([sincos(grid[:, i], d) for i in range(3)], dim=1)         # [N, 3d]
+    return F.pad(emb, (0, width - 3 * d))[None]
+
+
+# -----------------------------------------------------------------------------
+# Building blocks
+
+def modulate(x, shift, scale):
+    return x * (1 + scale) + shift
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention when context is None, else cross-attention to it."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        assert width % heads == 0, f"width {width} must be divisible by heads {heads}"
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x, context=None, context_mask=None):
+        context = x if context is None else context
+        B, N, D = x.shape
+        M, hd = context.shape[1], D // self.heads
+        q = self.q(x).view(B, N, self.heads, hd).transpose(1, 2)                   # [B, heads, N, hd]
+        k, v = self.kv(context).view(B, M, 2, self.heads, hd).permute(2, 0, 3, 1, 4)  # [B, heads, M, hd]
+        mask = None if context_mask is None else context_mask[:, None, None, :]      # [B, 1, 1, M]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)                # [B, heads, N, hd]
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, width: int, ratio: float):
+        super().__init__()
+        self.fc1 = nn.Linear(width, int(width * ratio))
+        self.fc2 = nn.Linear(int(width * ratio), width)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class TextEncoder(nn.Module):
+    """Prompt bytes -> token features [B, L + 1, D]: a byte embedding and a few pre-norm
+    transformer layers, trained from scratch together with the DiT (nothing is downloaded)."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        D = cfg.width
+        self.embed = nn.Embedding(PAD + 1, D)
+        self.register_buffer("pos", sincos(torch.arange(cfg.text_len + 1), D)[None], persistent=False)
+        self.norms = nn.ModuleList(nn.LayerNorm(D) for _ in range(2 * cfg.text_depth))
+        self.attns = nn.ModuleList(Attention(D, cfg.heads) for _ in range(cfg.text_depth))
+        self.mlps = nn.ModuleList(MLP(D, cfg.mlp_ratio) for _ in range(cfg.text_depth))
+        self.norm_out = nn.LayerNorm(D)
+
+    def forward(self, ids, mask):
+        x = self.embed(ids) + self.pos  # [B, L + 1, D]
+        for i, (attn, mlp) in enumerate(zip(self.attns, self.mlps)):
+            x = x + attn(self.norms[2 * i](x), context_mask=mask)
+            x = x + mlp(self.norms[2 * i + 1](x))
+        return self.norm_out(x)
+
+
+class TimestepEmbedder(nn.Module):
+    """Flow time t in [0, 1] -> [B, D]: sinusoids of 1000 t (the Wan/DiffSynth scale), then an MLP."""
+
+    def __init__(self, width: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t):
+        return self.mlp(sincos(1000.0 * t, self.freq_dim).to(t.dtype))
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: self-attention over the clip, cross-attention to the prompt, MLP. The
+    modulation layer starts at zero, so every gate is 0 and the block is the identity at init."""
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        D = cfg.width
+        self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(D, cfg.heads)
+        self.norm2 = nn.LayerNorm(D, eps=1e-6)
+        self.cross = Attention(D, cfg.heads)
+        self.norm3 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.mlp = MLP(D, cfg.mlp_ratio)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
+
+    def forward(self, x, c, text, text_mask):
+        shift1, scale1, gate1, shift2, scale2, gate2 = \
+            self.adaLN_modulation(c)[:, None].chunk(6, dim=-1)  # 6 x [B, 1, D]
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1))
+        x = x + self.cross(self.norm2(x), text, text_mask)
+        return x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))
+
+
+# -----------------------------------------------------------------------------
+# The video DiT
+
+class VideoDiT(nn.Module):
+
+    def __init__(self, cfg: DiTConfig):
+        super().__init__()
+        self.cfg = cfg
+        C, pt, ps, D = cfg.channels, cfg.patch_t, cfg.patch_s, cfg.width
+        assert cfg.frames % pt == 0 and cfg.resolution % ps == 0, \
+            f"frames {cfg.frames} / resolution {cfg.resolution} must divide by patch {pt} / {ps}"
+        self.x_embedder = nn.Linear(pt * ps * ps * (2 * C + 1), D)  # input [x_t, mask, cond]
+        self.t_embedder = TimestepEmbedder(D)
+        self.text_encoder = TextEncoder(cfg)
+        self.control_embedder = nn.Linear(pt * (cfg.control_dim + 1), D)  # + 1: "control given"
+        self.blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.depth))
+        self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.adaLN_out = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
+        self.final_layer = nn.Linear(D, pt * ps * ps * C)
+        grid = (cfg.frames // pt, cfg.resolution // ps, cfg.resolution // ps)
+        self.register_buffer("pos", position_embedding(*grid, D), persistent=False)
+        self.initialize_weights()
+
+    def initialize_weights(self):
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.text_encoder.embed.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        for block in self.blocks:  # adaLN-Zero: each block starts as the identity
+            nn.init.zeros_(block.adaLN_modulation[-1].weight)
+            nn.init.zeros_(block.adaLN_modulation[-1].bias)
+        for layer in (self.adaLN_out[-1], self.final_layer):  # and the output starts at zero
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, x_t, t, cond, text_ids, text_mask, control=None):
+        """x_t [B, C, T, H, W] noisy clip, t [B] flow time, cond [B, C + 1, T, H, W] from condition(),
+        text_ids/text_mask [B, L + 1] from tokenize(), control [B, T, control_dim] (NaN or None:
+        no control).
+        Returns the predicted velocity [B, C, T, H, W]."""
+        cfg = self.cfg
+        B, C, T, H, W = x_t.shape
+        pt, ps = cfg.patch_t, cfg.patch_s
+        tokens = patchify(torch.cat([x_t, cond], dim=1), pt, ps)  # [B, N, pt * ps * ps * (2C + 1)]
+        x = self.x_embedder(tokens) + self.pos                    # [B, N, D]
+        if control is None:  # NaN marks "no control" (per sample, or all of them)
+            control = torch.full((B, T, cfg.control_dim), float("nan"), device=x.device)
+        given = (~torch.isnan(control[..., :1])).to(x.dtype)            # [B, T, 1]
+        control = torch.cat([control.nan_to_num(0.0).to(x.dtype), given], dim=-1)  # [B, T, c + 1]
+        control = self.control_embedder(control.reshape(B, T // pt, -1))  # [B, t, D]
+        x = x.view(B, T // pt, -1, x.shape[-1]) + control[:, :, None]  # [B, t, h * w, D]
+        x = x.view(B, -1, x.shape[-1])                                  # [B, N, D]
+        text = self.text_encoder(text_ids, text_mask)                   # [B, L + 1, D]
+        c = self.t_embedder(t)                                          # [B, D]
+        for block in self.blocks:
+            x = block(x, c, text, text_mask)
+        shift, scale = self.adaLN_out(c)[:, None].chunk(2, dim=-1)      # 2 x [B, 1, D]
+        x = self.final_layer(modulate(self.norm_out(x), shift, scale))  # [B, N, pt * ps * ps * C]
+        return unpatchify(x, C, T, H, W, pt, ps)
+
+
+# -----------------------------------------------------------------------------
+# Low-rank adapters (LoRA, Hu et al. 2021) for fine-tuning, as SVI fine-tunes Wan
+
+class LoRALinear(nn.Module):
+    """y = W x + B A x with W frozen, A [r, in], B [out, r]; B starts at zero, so the adapted
+    model starts exactly as the base model."""
+
+    def __init__(self, base: nn.Linear, rank: int):
+        super().__init__()
+        self.base = base
+        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+
+    def forward(self, x):
+        return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b)
+
+
+LORA_TARGETS = ("q", "kv", "proj", "fc1", "fc2")  # the attention and MLP linears of every block
+
+
+def add_lora(model: VideoDiT, rank: int) -> VideoDiT:
+    """Wrap the attention and MLP linears of every DiT block in LoRALinear and freeze everything
+    but the adapters."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for block in model.blocks:
+        for parent in (block.attn, block.cross, block.mlp):
+            for name in LORA_TARGETS:
+                if isinstance(getattr(parent, name, None), nn.Linear):
+                    setattr(parent, name, LoRALinear(getattr(parent, name), rank))
+    return model
+
+
+def merged_state_dict(state: dict) -> dict:
+    """A LoRA state dict folded into plain weights (W + B A), loadable by a plain VideoDiT."""
+    plain = {}
+    for key, value in state.items():
+        if key.endswith(".lora_a") or key.endswith(".lora_b"):
+            continue
+        if ".base." in key:
+            prefix, kind = key.rsplit(".base.", 1)
+            if kind == "weight":
+                value = value + state[f"{prefix}.lora_b"] @ state[f"{prefix}.lora_a"]
+            key = f"{prefix}.{kind}"
+        plain[key] = value
+    return plain
+
+
+def from_checkpoint(path: str, ema: bool = True, device="cpu") -> tuple[VideoDiT, dict]:
+    """A model rebuilt from a checkpoint written by train.py (its EMA weights unless ema=False),
+    in eval mode, and the checkpoint itself. Loading never unpickles code (weights_only=True)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such checkpoint")
+    except Exception as err:
+        raise ValueError(f"{path}: refused, not a plain-tensor checkpoint (loading it would need "
+                         f"arbitrary unpickling, which svi never does): {err}")
+    model = VideoDiT(DiTConfig(**ckpt["model_cfg"]))
+    model.load_state_dict(merged_state_dict(ckpt["ema" if ema else "model"]))
+    return model.to(device).eval(), ckpt
+
+
+if __name__ == "__main__":
+    for name, sizes in PRESETS.items():
+        cfg = DiTConfig(**sizes)
+        print(f"{name:>2}: width {cfg.width:4d} depth {cfg.depth:2d} heads {cfg.heads:2d} "
+              f"params {VideoDiT(cfg).num_params() / 1e6:7.2f}M")

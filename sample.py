@@ -1,0 +1,161 @@
+"""
+sample.py: infinite video generation, one clip after another (the inference loop of SVI).
+
+Each clip is generated from noise by Euler steps of the rectified flow, conditioned on the last m
+frames of the previous clip (its "motion frames") and, in shot mode, on the anchor image (in film
+mode on zeros, so the scene may change with the prompt). The first clip starts from a frame of the
+synthetic world (or --image). The m overlapping frames are dropped when clips are joined, so N
+clips of T frames make N * (T - m) + m frames. Frames go to disk as each clip finishes: memory does
+not grow with N, and Ctrl-C leaves a playable video of the clips done so far.
+
+    python sample.py --chunks 20                              # out/video.mp4 from out/ckpt.pt
+    python sample.py --chunks 50 --mode film --prompts story.txt --out story.mp4
+    python sample.py --chunks 10 --control world              # shape 0 follows the world's path
+    python sample.py --ckpt out/ckpt.pt --image start.png --prompt "a red circle on a black background"
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data import ShapesWorld, VideoWriter, read_video, to_uint8, to_unit
+from flow import euler_sample
+from model import condition, from_checkpoint, tokenize
+
+
+def generate_clip(model, cond, prompts, control, noise, steps=20, shift=1.0, guidance=1.0):
+    """One clip [B, C, T, H, W] from noise, conditioned on cond (from model.condition), a prompt
+    per sample and a control stream [B, T, 2] (NaN: none). guidance > 1 adds classifier-free
+    guidance, whose unconditional branch drops the prompt only."""
+    ids, mask = (x.to(noise.device) for x in tokenize(prompts, model.cfg.text_len))
+    empty_ids, empty_mask = (x.to(noise.device) for x in tokenize([""] * len(prompts),
+                                                                   model.cfg.text_len))
+
+    def velocity(x, t, conditional):
+        if conditional:
+            return model(x, t, cond, ids, mask, control)
+        return model(x, t, cond, empty_ids, empty_mask, control)
+
+    return euler_sample(velocity, noise, steps, shift, guidance)
+
+
+@torch.no_grad()
+def rollout(model, first, anchor, prompts, controls, chunks, generator, **sampling):
+    """Generate `chunks` clips in a row; yields each clip's new frames [B, C, T', H, W].
+
+    first: [B, C, m, H, W] the motion frames of the first clip; anchor: [B, C, H, W] (shot mode)
+    or None (film mode); prompts(k) and controls(k) give clip k's prompts (B strings) and
+    control stream ([B, T, 2], NaN for none). Clip 0 yields all T frames, later clips T - m."""
+    cfg = model.cfg
+    motion, m = first, first.shape[2]
+    B, C, _, H, W = first.shape
+    for k in range(chunks):
+        cond = condition(motion, anchor, cfg.frames)
+        noise = torch.randn(B, C, cfg.frames, H, W, generator=generator).to(first.device)
+        control = controls(k)
+        control = None if control is None else control.to(first.device)
+        clip = generate_clip(model, cond, prompts(k), control, noise, **sampling)
+        motion = clip[:, :, -m:]  # the next clip continues from the last m frames
+        yield clip if k == 0 else clip[:, :, m:]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
+    p.add_argument("--chunks", type=int, default=10, help="number of clips to generate")
+    p.add_argument("--out", default="out/video.mp4", help="output video, .mp4 or .gif")
+    p.add_argument("--mode", choices=["shot", "film"], default="shot",
+                   help="shot: the first frame anchors every clip; film: no anchor")
+    p.add_argument("--prompt", default=None, help="prompt of every clip (default: the world's)")
+    p.add_argument("--prompts", default=None, help="file, one prompt per clip (last repeats)")
+    p.add_argument("--control", default=None,
+                   help="'world' (shape 0 on the world's path) or a file of 'x y' lines per frame"
+                        " in [-1, 1] (the last line repeats)")
+    p.add_argument("--image", default=None, help="start from this image instead of the world")
+    p.add_argument("--world-seed", type=int, default=0, help="which synthetic world to start from")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    p.add_argument("--steps", type=int, default=20, help="Euler steps per clip")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--shift", type=float, default=None, help="schedule shift (default: training's)")
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--scale", type=int, default=4, help="enlarge frames this many times")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+def check_args(args):
+    """Reject bad input with one clear line before any heavy work."""
+    problems = []
+    for name in ("chunks", "steps", "fps", "scale"):
+        if getattr(args, name) <= 0:
+            problems.append(f"--{name} must be positive, got {getattr(args, name)}")
+    if not os.path.splitext(args.out)[1].lower() in (".mp4", ".gif"):
+        problems.append(f"--out {args.out}: must end in .mp4 or .gif")
+    for name in ("ckpt", "prompts", "image"):
+        path = getattr(args, name)
+        if path is not None and not os.path.isfile(path):
+            problems.append(f"--{name} {path}: no such file")
+    if args.control not in (None, "world") and not os.path.isfile(args.control):
+        problems.append(f"--control {args.control}: no such file (or use --control world)")
+    if args.prompts and os.path.isfile(args.prompts) and not read_lines(args.prompts):
+        problems.append(f"--prompts {args.prompts}: the file has no prompt")
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+        problems.append(f"--out {args.out}: folder {folder} is not writable")
+    if problems:
+        sys.exit("error: " + "\nerror: ".join(problems))
+
+
+def read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def main(args):
+    check_args(args)
+    model, ckpt = from_checkpoint(args.ckpt, device=args.device)
+    cfg, train_cfg = model.cfg, ckpt["train_cfg"]
+    m, T, res = train_cfg["motion_frames"], cfg.frames, cfg.resolution
+    shift = train_cfg["shift"] if args.shift is None else args.shift
+
+    # the start: the first m frames of a synthetic world, or an image repeated
+    world = ShapesWorld(args.world_seed, res, control=args.control == "world")
+    if args.image:
+        first = to_unit(read_video(args.image, res)[:1]).repeat(1, m, 1, 1)[None]  # [1, C, m, H, W]
+    else:
+        first = to_unit(world.frames(m))[None]                                    # [1, C, m, H, W]
+    anchor = first[:, :, 0] if args.mode == "shot" else None
+
+    # the storyline: one prompt per clip (the last repeats) and the control stream per frame
+    stream = read_lines(args.prompts) if args.prompts else [args.prompt or world.prompt()]
+    prompts = lambda k: [stream[min(k, len(stream) - 1)]]
+    if args.control == "world":
+        path = np.stack([world.control_vector(s) for s in range(args.chunks * (T - m) + m)])
+    elif args.control:
+        path = np.loadtxt(args.control, ndmin=2)[:, :2]
+    if args.control:  # clip k covers frames k (T - m) ... k (T - m) + T - 1 of the video
+        index = lambda k: np.minimum(np.arange(T) + k * (T - m), len(path) - 1)
+        controls = lambda k: torch.from_numpy(path[index(k)]).float()[None]  # [1, T, 2]
+    else:
+        controls = lambda k: None
+
+    generator = torch.Generator().manual_seed(args.seed)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    writer = VideoWriter(args.out, args.fps, args.scale)
+    clips = rollout(model, first.to(args.device), anchor, prompts, controls, args.chunks,
+                    generator, steps=args.steps, shift=shift, guidance=args.guidance)
+    try:
+        for clip in tqdm(clips, total=args.chunks, desc="clips", unit="clip"):
+            writer.write(to_uint8(clip[0]))
+    except KeyboardInterrupt:
+        print("interrupted: keeping the clips finished so far")
+    finally:
+        writer.close()
+    print(f"wrote {args.out}: {writer.frames} frames")
+
+
+if __name__ == "__main__":
+    main(parse_args())

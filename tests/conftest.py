@@ -1,0 +1,15 @@
+"""Shared helpers: a training configuration small enough to run in seconds on a CPU."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from train import TrainConfig  # noqa: E402
+
+
+def tiny_config(out, **overrides) -> TrainConfig:
+    settings = dict(frames=4, resolution=16, motion_frames=2, steps=4, batch_size=2,
+                    warmup=2, log_every=1, sample_every=1000, ckpt_every=1000, sample_steps=4,
+                    buckets=4, capacity=3, out=str(out), device="cpu")
+    settings.update(overrides)
+    return TrainConfig(**settings)

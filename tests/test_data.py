@@ -1,0 +1,112 @@
+"""The synthetic world and the folder loader. Run: python -m pytest tests/test_data.py"""
+import warnings
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from data import PALETTE, ShapesSource, ShapesWorld, VideoFolder, VideoWriter, read_video
+
+
+def test_world_is_seeded_and_drawn_from_the_palette():
+    a, b = ShapesWorld(3).frames(20), ShapesWorld(3).frames(20)
+    assert a.shape == (20, 32, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, ShapesWorld(4).frames(20))
+    colours = {tuple(c) for c in a.reshape(-1, 3)}
+    assert colours <= {tuple(c) for c in PALETTE}  # hard edges: no pixel off the palette
+
+
+def test_shapes_move_stay_inside_and_bounce():
+    world = ShapesWorld(1, n_shapes=3)
+    world.frames(300)
+    bounced = False
+    for before, after in zip(world.truth[:-1], world.truth[1:]):
+        assert np.all(after["pos"] >= after["size"][:, None] - 1e-9)
+        assert np.all(after["pos"] <= 32 - after["size"][:, None] + 1e-9)
+        bounced |= bool(np.any(np.sign(after["vel"]) != np.sign(before["vel"])))
+        assert np.all(np.abs(after["vel"]) == np.abs(before["vel"]))  # elastic
+    assert bounced
+
+
+def test_prompt_says_what_is_drawn_and_events_change_it():
+    world = ShapesWorld(5, n_shapes=2)
+    prompt = world.prompt()
+    assert prompt.count(" and ") == 1 and prompt.endswith("background")
+    frame = world.render()
+    seen = set()
+    for seed in range(30):
+        w = ShapesWorld(seed)
+        before, n = w.prompt(), len(w.kind)
+        kind = w.event()
+        seen.add(kind)
+        assert w.prompt() != before
+        assert len(w.kind) == n + (kind == "appear")
+    assert seen == {"colour", "background", "appear"}
+    assert frame.shape == (32, 32, 3)
+
+
+def test_control_stream_drives_shape_zero():
+    world = ShapesWorld(2, control=True)
+    world.frames(40)
+    for state in world.truth:
+        assert np.allclose(state["pos"][0], world.keypoint(state["time"]))
+        vector = world.control_vector(state["time"])
+        assert np.all(np.abs(vector) <= 1)
+        assert np.allclose((vector + 1) / 2 * 32, state["pos"][0])
+
+
+def test_source_clips():
+    source = ShapesSource(32, 2, p_event=1.0, p_control=0.5)
+    video, prompts, control = source.clips(8, 6, np.random.default_rng(0))
+    assert video.shape == (8, 3, 6, 32, 32) and video.min() >= -1 and video.max() <= 1
+    assert len(prompts) == 8 and control.shape == (8, 6, 2)
+    given = ~np.isnan(control.numpy()).any(axis=(1, 2))
+    assert 0 < given.sum() < 8  # some clips have a control path, the others NaN
+
+
+def make_folder(folder):
+    frames = ShapesWorld(0).frames(12)
+    iio.imwrite(folder / "good.mp4", frames, fps=8, macro_block_size=1)
+    (folder / "good.txt").write_text("a caption\n")
+    iio.imwrite(folder / "gray.gif", frames[..., 0], loop=0)  # [T, H, W] grayscale
+    rgba = np.concatenate([frames, np.full(frames.shape[:3] + (1,), 255, np.uint8)], axis=-1)
+    iio.imwrite(folder / "rgba.gif", np.ascontiguousarray(rgba[:, :20, :28]), loop=0)  # odd size
+    iio.imwrite(folder / "short.gif", frames[:3], loop=0)
+    (folder / "corrupt.mp4").write_bytes(b"\x00\x01not a video" * 50)
+    (folder / "empty.avi").write_bytes(b"")
+    (folder / "notes.md").write_text("not a video")
+
+
+def test_folder_loader_trains_on_what_is_usable_and_names_the_rest(tmp_path):
+    make_folder(tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        folder = VideoFolder(str(tmp_path), frames=8, resolution=16)
+    message = " ".join(str(w.message) for w in caught)
+    for name in ("short.gif", "corrupt.mp4", "empty.avi"):
+        assert name in message
+    assert "good.mp4" not in message and "notes.md" not in message
+    assert len(folder.videos) == 3 and sorted(folder.captions) == ["a caption", "a video", "a video"]
+    assert all(v.shape[1:] == (16, 16, 3) for v in folder.videos)
+    video, prompts, control = folder.clips(4, 8, np.random.default_rng(0))
+    assert video.shape == (4, 3, 8, 16, 16) and np.isnan(control.numpy()).all()
+
+
+def test_folder_with_nothing_usable_is_an_error(tmp_path):
+    (tmp_path / "broken.gif").write_bytes(b"GIF89a")
+    with pytest.raises(ValueError, match="no usable video"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        VideoFolder(str(tmp_path), frames=8, resolution=16)
+    with pytest.raises(ValueError, match="no such folder"):
+        VideoFolder(str(tmp_path / "missing"), frames=8, resolution=16)
+
+
+def test_written_video_reads_back(tmp_path):
+    frames = ShapesWorld(0).frames(10)
+    writer = VideoWriter(str(tmp_path / "v.gif"), scale=2)
+    writer.write(frames[:4])
+    writer.write(frames[4:])
+    writer.close()
+    back = read_video(str(tmp_path / "v.gif"), 32)
+    assert len(back) == 10 and np.array_equal(back, frames)

@@ -1,0 +1,50 @@
+"""Rectified-flow identities. Run: python -m pytest tests/test_flow.py"""
+import torch
+
+from flow import (euler_sample, interpolate, noise_from_v, sample_t, schedule, shift_t,
+                  velocity_target, x0_from_v)
+
+
+def video(seed):
+    return torch.randn(3, 3, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_path_endpoints():
+    x0, noise = video(0), video(1)
+    assert torch.equal(interpolate(x0, noise, torch.zeros(3)), x0)
+    assert torch.equal(interpolate(x0, noise, torch.ones(3)), noise)
+    mid = interpolate(x0, noise, torch.full((3,), 0.5))
+    torch.testing.assert_close(mid, (x0 + noise) / 2)
+
+
+def test_one_step_to_either_end_is_exact_with_the_true_velocity():
+    x0, noise = video(0), video(1)
+    t = torch.tensor([0.1, 0.5, 0.93])  # one time per sample, broadcast over [C, T, H, W]
+    x_t, v = interpolate(x0, noise, t), velocity_target(x0, noise)
+    torch.testing.assert_close(x0_from_v(x_t, v, t), x0, atol=1e-5, rtol=0)
+    torch.testing.assert_close(noise_from_v(x_t, v, t), noise, atol=1e-5, rtol=0)
+
+
+def test_euler_with_the_true_velocity_lands_on_the_data():
+    x0, noise = video(0), video(1)
+    out = euler_sample(lambda x, t, c: velocity_target(x0, noise), noise, steps=7, shift=3.0)
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+
+
+def test_guidance_extrapolates_from_unconditional_to_conditional():
+    noise = torch.zeros(1, 1, 2, 2, 2)
+    velocity = lambda x, t, conditional: torch.full_like(x, 1.0 if conditional else 3.0)
+    out = euler_sample(velocity, noise, steps=4, guidance=2.5)
+    # v = 3 + 2.5 (1 - 3) = -2 at every step, integrated over dt = -1 in total: x = +2
+    torch.testing.assert_close(out, torch.full_like(noise, 2.0))
+
+
+def test_schedule_and_shift():
+    ts = schedule(10, shift=5.0)
+    assert len(ts) == 11 and ts[0] == 1.0 and ts[-1] == 0.0
+    assert torch.all(ts[1:] < ts[:-1])
+    s = torch.linspace(0, 1, 11)
+    torch.testing.assert_close(shift_t(s, 1.0), s)
+    assert torch.all(shift_t(s[1:-1], 5.0) > s[1:-1])  # a shift > 1 moves times towards noise
+    t = sample_t(10000, torch.Generator().manual_seed(0), shift=3.0)
+    assert t.min() >= 0 and t.max() < 1 and 0.66 < t.mean() < 0.69  # E[t] = 1.5 (1 - ln 3 / 2)

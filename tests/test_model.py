@@ -1,0 +1,130 @@
+"""The video DiT. Run: python -m pytest tests/test_model.py"""
+import pickle
+
+import pytest
+import torch
+
+from flow import flow_loss, interpolate, velocity_target
+from model import (DiTConfig, VideoDiT, add_lora, condition, from_checkpoint, merged_state_dict,
+                   patchify, tokenize, unpatchify)
+
+CFG = DiTConfig(width=64, depth=2, heads=2, frames=4, resolution=16)
+
+
+def inputs(B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, 3, CFG.frames, CFG.resolution, CFG.resolution, generator=g)
+    cond = condition(torch.randn(B, 3, 2, 16, 16, generator=g), None, CFG.frames)
+    ids, mask = tokenize(["a red circle on a black background", ""][:B], CFG.text_len)
+    return x, torch.rand(B, generator=g), cond, ids, mask
+
+
+def test_patchify_round_trip_and_token_layout():
+    x = torch.randn(2, 3, 4, 16, 16)
+    tokens = patchify(x, 2, 4)
+    assert tokens.shape == (2, 2 * 4 * 4, 2 * 4 * 4 * 3)
+    assert torch.equal(unpatchify(tokens, 3, 4, 16, 16, 2, 4), x)
+    # token 0 holds the first 2 frames of the top-left 4x4 pixels
+    assert torch.equal(tokens[0, 0].reshape(2, 4, 4, 3), x[0, :, :2, :4, :4].permute(1, 2, 3, 0))
+
+
+def test_output_shape_and_exactly_zero_at_init():
+    model = VideoDiT(CFG)
+    x, t, cond, ids, mask = inputs()
+    out = model(x, t, cond, ids, mask)
+    assert out.shape == x.shape
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_condition_layout():
+    motion, anchor = torch.randn(1, 3, 2, 8, 8), torch.randn(1, 3, 8, 8)
+    shot = condition(motion, anchor, 6)
+    assert shot.shape == (1, 4, 6, 8, 8)
+    assert torch.equal(shot[:, 0, :2], torch.ones(1, 2, 8, 8))      # mask marks motion slots
+    assert torch.equal(shot[:, 0, 2:], torch.zeros(1, 4, 8, 8))
+    assert torch.equal(shot[:, 1:, :2], motion)
+    assert torch.equal(shot[:, 1:, 5], anchor)                        # anchor repeated
+    film = condition(motion, None, 6)
+    assert torch.equal(film[:, 1:, 2:], torch.zeros(1, 3, 4, 8, 8))   # zeros in film mode
+
+
+def test_any_prompt_is_accepted():
+    prompts = ["", "x" * 10000, "ünïcödé ✓ 視頻 🎥", "\x00\n\t"]
+    ids, mask = tokenize(prompts, 16)
+    assert ids.shape == (4, 17) and mask[:, 0].all()       # BOS always present
+    assert mask[0].sum() == 1 and mask[1].sum() == 17      # empty -> BOS only; long -> cut
+    model = VideoDiT(CFG)
+    x, t, cond, _, _ = inputs(B=4)
+    cond = cond.repeat(2, 1, 1, 1, 1)
+    torch.nn.init.normal_(model.final_layer.weight)        # make the output depend on the text
+    out = model(x.repeat(2, 1, 1, 1, 1)[:4], t.repeat(2)[:4], cond[:4], *tokenize(prompts, 64))
+    assert torch.isfinite(out).all()
+
+
+def test_prompt_and_control_change_the_output():
+    torch.manual_seed(0)
+    model = VideoDiT(CFG)
+    for p in model.parameters():  # leave the zero init, so every input can matter
+        torch.nn.init.normal_(p, std=0.1)
+    x, t, cond, ids, mask = inputs(B=1)
+    base = model(x, t, cond, ids, mask)
+    other = model(x, t, cond, *tokenize(["a blue square on a gray background"], CFG.text_len))
+    control = torch.full((1, CFG.frames, 2), 0.3)
+    steered = model(x, t, cond, ids, mask, control)
+    assert not torch.allclose(base, other) and not torch.allclose(base, steered)
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = VideoDiT(CFG)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(2, 3, 4, 16, 16, generator=g).round() * 2 - 1
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.tensor([0.3, 0.7])
+    _, _, cond, ids, mask = inputs()
+    losses = []
+    for _ in range(150):
+        loss = flow_loss(model(interpolate(x0, noise, t), t, cond, ids, mask),
+                         velocity_target(x0, noise))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
+
+
+def test_lora_starts_as_the_base_and_merges_exactly():
+    torch.manual_seed(0)
+    base = VideoDiT(CFG)
+    for p in base.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x, t, cond, ids, mask = inputs()
+    before = base(x, t, cond, ids, mask)
+    adapted = add_lora(base, rank=4)
+    torch.testing.assert_close(adapted(x, t, cond, ids, mask), before)
+    trained = [n for n, p in adapted.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n for n in trained)
+    for n, p in adapted.named_parameters():
+        if n.endswith("lora_b"):
+            torch.nn.init.normal_(p, std=0.1)
+    after = adapted(x, t, cond, ids, mask)
+    plain = VideoDiT(CFG)
+    plain.load_state_dict(merged_state_dict(adapted.state_dict()))
+    torch.testing.assert_close(plain(x, t, cond, ids, mask), after, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(after, before)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+def test_checkpoint_that_needs_unpickling_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model_cfg": {}, "ema": Exploit()}, f)
+    with pytest.raises(ValueError, match="refused"):
+        from_checkpoint(str(path))
+    assert not (tmp_path / "PWNED").exists()

@@ -1,0 +1,149 @@
+"""Training and sampling end to end, on tiny settings. Run: python -m pytest tests/test_train.py"""
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+import sample
+import train
+from conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Crash(Exception):
+    pass
+
+
+def run_with_crash(cfg, monkeypatch, at_step):
+    """Run cfg, 'killed' right after the checkpoint of at_step, then resumed to the end."""
+    save = train.save_checkpoint
+
+    def save_then_crash(path, state):
+        save(path, state)
+        if state["step"] == at_step:
+            raise Crash
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        train.main(cfg)
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    cfg.resume = True
+    return train.main(cfg)
+
+
+def assert_same_run(a, b):
+    for x, y in zip(a[:2], b[:2]):  # model and EMA
+        for (name, p), q in zip(x.state_dict().items(), y.state_dict().values()):
+            assert torch.equal(p, q), name
+    for x, y in zip(a[2:], b[2:]):  # error banks
+        assert torch.equal(x.count, y.count)
+        assert (x.errors is None and y.errors is None) or torch.equal(x.errors, y.errors)
+
+
+def test_resumed_run_is_bitwise_identical(tmp_path, monkeypatch):
+    straight = train.main(tiny_config(tmp_path / "a", steps=6))
+    resumed = run_with_crash(tiny_config(tmp_path / "b", steps=6, ckpt_every=3), monkeypatch, 3)
+    assert_same_run(straight, resumed)
+    assert len(open(tmp_path / "b" / "log.jsonl").readlines()) == 6
+
+
+@pytest.fixture(scope="module")
+def base_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    train.main(tiny_config(out, steps=3, sample_every=3))
+    assert os.path.exists(out / "samples" / "step_000003.gif")
+    return str(out / "ckpt.pt")
+
+
+def test_erft_resume_is_bitwise_identical_bank_included(tmp_path, monkeypatch, base_ckpt):
+    erft = dict(steps=6, erft=True, init_from=base_ckpt, p_clean=0.0, capacity=2, buckets=3)
+    straight = train.main(tiny_config(tmp_path / "a", **erft))
+    resumed = run_with_crash(tiny_config(tmp_path / "b", ckpt_every=3, **erft), monkeypatch, 3)
+    assert len(straight[2]) == 6 and len(straight[3]) == 6  # 3 buckets x 2, full
+    assert_same_run(straight, resumed)
+
+
+def test_lora_fine_tune_trains_adapters_only_and_samples(tmp_path, base_ckpt):
+    model, ema, _, _ = train.main(tiny_config(tmp_path, lora_rank=2, init_from=base_ckpt,
+                                              erft=True, lr=1e-2))
+    base = torch.load(base_ckpt, weights_only=True)["ema"]
+    state = model.state_dict()
+    assert all(torch.equal(state[k.replace("blocks.0.attn.q.", "blocks.0.attn.q.base.")], v)
+               for k, v in base.items() if k.startswith("blocks.0.attn.q."))
+    assert any(k.endswith("lora_b") and v.abs().sum() > 0 for k, v in state.items())
+    sample.main(sample.parse_args(["--ckpt", str(tmp_path / "ckpt.pt"), "--chunks", "2",
+                                   "--steps", "2", "--out", str(tmp_path / "v.gif")]))
+
+
+def test_sampling_is_deterministic_and_counts_frames(tmp_path, base_ckpt):
+    videos = []
+    for name in ("a.gif", "b.gif", "c.gif"):
+        seed = "1" if name == "c.gif" else "0"
+        sample.main(sample.parse_args(["--ckpt", base_ckpt, "--chunks", "3", "--steps", "3",
+                                       "--out", str(tmp_path / name), "--seed", seed,
+                                       "--mode", "film", "--guidance", "2"]))
+        videos.append(iio.imread(tmp_path / name, index=None))
+    assert len(videos[0]) == 3 * (4 - 2) + 2  # N (T - m) + m
+    assert np.array_equal(videos[0], videos[1]) and not np.array_equal(videos[0], videos[2])
+
+
+def test_prompt_file_and_control_file(tmp_path, base_ckpt):
+    (tmp_path / "story.txt").write_text("a red circle on a black background\n\na blue square\n")
+    np.savetxt(tmp_path / "path.txt", np.linspace(-0.5, 0.5, 10)[:, None].repeat(2, 1))
+    sample.main(sample.parse_args(["--ckpt", base_ckpt, "--chunks", "4", "--steps", "2",
+                                   "--prompts", str(tmp_path / "story.txt"),
+                                   "--control", str(tmp_path / "path.txt"),
+                                   "--out", str(tmp_path / "v.mp4")]))
+    assert len(iio.imread(tmp_path / "v.mp4", index=None)) == 4 * 2 + 2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps must be positive"),
+    (["--motion-frames", "8"], "fewer than --frames"),
+    (["--resolution", "30"], "divide by"),
+    (["--preset", "Q"], "choose one of"),
+    (["--init-from", "missing.pt"], "no such file"),
+    (["--data", "no/such/folder"], "no such folder"),
+    (["--p-img", "1.5"], "within [0, 1]"),
+    (["--resume", "--out", "nowhere"], "no checkpoint"),
+])
+def test_bad_training_flags_are_rejected_clearly(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(train.parse_args(flags))
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--chunks", "0"], "--chunks must be positive"),
+    (["--out", "video.avi"], "must end in .mp4 or .gif"),
+    (["--ckpt", "missing.pt"], "no such file"),
+    (["--control", "missing.txt"], "no such file"),
+])
+def test_bad_sampling_flags_are_rejected_clearly(flags, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(sample.parse_args(flags))
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_torchrun_banks_errors_of_both_ranks_during_warmup(tmp_path, base_ckpt):
+    counts = {}
+    for gather in (2, 0):
+        out = tmp_path / f"gather{gather}"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--master_port", str(29500 + gather + os.getpid() % 500), "train.py",
+               "--init-from", base_ckpt, "--erft", "--p-clean", "0", "--steps", "2",
+               "--batch-size", "4", "--frames", "4", "--resolution", "16", "--buckets", "1",
+               "--capacity", "64", "--sample-every", "100", "--warmup-gather", str(gather),
+               "--out", str(out), "--device", "cpu"]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        subprocess.run(cmd, cwd=ROOT, check=True, env=env, capture_output=True, timeout=300)
+        ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+        counts[gather] = int(ckpt["bank_vid"]["count"].sum())
+        assert int(ckpt["bank_noise"]["count"].sum()) == counts[gather]
+    # 2 steps x 2 clips per rank: rank 0 holds its own 4 errors, or all 8 when gathering
+    assert counts == {2: 8, 0: 4}

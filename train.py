@@ -1,0 +1,349 @@
+"""
+train.py: train svi's video DiT with rectified flow: the base model on clean conditions, then
+fine-tune it, with or without Error-Recycling Fine-Tuning (ERFT, errors.py).
+
+    python train.py                                            # base model, preset T, this CPU
+    python train.py --init-from out/ckpt.pt --erft --steps 1500 --out out/erft
+    python train.py --init-from out/ckpt.pt --steps 1500 --out out/clean    # clean fine-tune
+    python train.py --resume --out out/erft                    # continue where it stopped
+    torchrun --nproc_per_node=2 train.py --preset S --batch-size 64     # DDP, same script
+
+A training clip of T frames comes with its first m frames as the "motion frames" of the
+condition, then either a random frame of the clip as the anchor (shot mode) or zeros (film mode);
+the model regenerates the whole clip (as the official code, the loss covers every frame).
+Everything random is drawn from generators seeded by (seed, step, rank), so a resumed run is
+bitwise identical, on CPU, to one that never stopped.
+"""
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import imageio.v3 as iio
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from data import ShapesSource, ShapesWorld, VideoFolder, VideoWriter, to_uint8, to_unit
+from errors import ErrorBank, gather_from_ranks, inject, one_step_errors
+from flow import flow_loss, interpolate, sample_t, schedule, velocity_target
+from model import (PRESETS, DiTConfig, VideoDiT, add_lora, condition, merged_state_dict,
+                   tokenize)
+from sample import rollout
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = "shapes"          # "shapes" (the built-in world) or a folder of videos
+    frames: int = 8               # T, frames per clip
+    resolution: int = 32          # H = W
+    motion_frames: int = 2        # m, frames carried from one clip to the next
+    p_film: float = 0.5           # share of clips conditioned in film mode (no anchor)
+    p_event: float = 0.2          # share of world clips with a scene event after the motion frames
+    p_control: float = 0.2        # share of world clips whose shape 0 follows a control path
+    # model
+    preset: str = "T"             # T, S, B, L, XL (model.PRESETS)
+    lora_rank: int = 0            # > 0: fine-tune low-rank adapters instead of all weights
+    # optimisation
+    steps: int = 1600             # total optimiser steps
+    batch_size: int = 16          # clips per step, over all ranks
+    lr: float = 5e-4              # peak learning rate (AdamW)
+    warmup: int = 100             # linear warm-up steps, then cosine decay to lr / 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.999            # decay of the weight average used for sampling
+    p_uncond: float = 0.1         # prompt dropout, so classifier-free guidance works
+    shift: float = 1.0            # schedule shift of training and sampling times (flow.shift_t)
+    # error recycling (errors.py)
+    erft: bool = False            # inject banked errors into the inputs
+    p_img: float = 0.9            # gate of the conditioning (motion-frame) error
+    p_vid: float = 0.9            # gate of the clean-clip error
+    p_noise: float = 0.01         # gate of the noise error
+    p_clean: float = 0.2          # gate that switches all three off
+    p_bank_clean: float = 0.1     # errors of clean steps are banked with this probability
+    buckets: int = 20             # bank buckets, aligned with the first sample_steps timesteps
+    capacity: int = 40            # errors per bucket
+    replace: str = "l2"           # when a bucket is full: l2, random or fifo
+    bank_device: str = "cpu"
+    bank_dtype: str = "float16"
+    warmup_gather: int = 50       # under torchrun, bank all ranks' errors for this many steps
+    # sampling during training
+    sample_steps: int = 20        # Euler steps per clip
+    guidance: float = 1.0         # classifier-free guidance scale of the periodic samples
+    # input / output
+    out: str = "out"              # run folder: ckpt.pt, log.jsonl, samples/
+    init_from: str = ""           # start from the weights of this checkpoint (fine-tuning)
+    resume: bool = False          # continue the run in --out from its checkpoint
+    seed: int = 0
+    device: str = "auto"          # auto, cpu, cuda
+    compile: bool = False         # torch.compile the model (CUDA)
+    log_every: int = 50
+    sample_every: int = 500
+    ckpt_every: int = 500
+
+
+def parse_args(argv=None) -> TrainConfig:
+    """Flags generated from TrainConfig: --batch-size 32, --erft / --no-erft, ..."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool or f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            kind = {"int": int, "float": float, "str": str}.get(str(f.type), f.type)
+            p.add_argument(flag, type=kind, default=f.default)
+    return TrainConfig(**vars(p.parse_args(argv)))
+
+
+def check(cfg: TrainConfig):
+    """Reject bad settings with one clear line (exit status 2) before any heavy work."""
+    problems = []
+    for name in ("frames", "resolution", "motion_frames", "steps", "batch_size", "buckets",
+                 "capacity", "sample_steps", "log_every", "sample_every", "ckpt_every"):
+        if getattr(cfg, name) <= 0:
+            problems.append(f"--{name.replace('_', '-')} must be positive")
+    if cfg.motion_frames >= cfg.frames:
+        problems.append(f"--motion-frames {cfg.motion_frames} must be fewer than --frames")
+    if cfg.preset not in PRESETS:
+        problems.append(f"--preset {cfg.preset}: choose one of {', '.join(PRESETS)}")
+    patch = DiTConfig()
+    if cfg.frames % patch.patch_t or cfg.resolution % patch.patch_s:
+        problems.append(f"--frames must divide by {patch.patch_t} and --resolution by "
+                        f"{patch.patch_s} (the patch size)")
+    if cfg.replace not in ("l2", "random", "fifo"):
+        problems.append(f"--replace {cfg.replace}: choose l2, random or fifo")
+    if cfg.init_from and not os.path.isfile(cfg.init_from):
+        problems.append(f"--init-from {cfg.init_from}: no such file")
+    if cfg.resume and not os.path.isfile(os.path.join(cfg.out, "ckpt.pt")):
+        problems.append(f"--resume: no checkpoint {os.path.join(cfg.out, 'ckpt.pt')}")
+    if cfg.data != "shapes" and not os.path.isdir(cfg.data):
+        problems.append(f"--data {cfg.data}: no such folder (or use --data shapes)")
+    for name in ("p_film", "p_event", "p_control", "p_uncond", "p_img", "p_vid", "p_noise",
+                 "p_clean", "p_bank_clean"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            problems.append(f"--{name.replace('_', '-')} must be within [0, 1]")
+    if problems:
+        print("error: " + "\nerror: ".join(problems), file=sys.stderr)
+        sys.exit(2)
+
+
+def get_lr(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to lr / 10: a pure function of the step."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+@torch.no_grad()
+def update_ema(ema, model, decay):
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - decay)
+
+
+def save_checkpoint(path: str, state: dict):
+    """Write to a temporary file, then rename: a crash at any moment leaves the old one intact."""
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
+    """A few rollouts from ground-truth frames of fixed worlds (shot mode): a gif, plus a png
+    strip (one row per world, every frame) next to it."""
+    device = next(model.parameters()).device
+    m = cfg.motion_frames
+    ws = [ShapesWorld(seed, cfg.resolution) for seed in range(worlds)]
+    first = torch.stack([to_unit(w.frames(m)) for w in ws]).to(device)  # [W, C, m, H, W]
+    gen = torch.Generator().manual_seed(0)
+    clips = list(rollout(model, first, first[:, :, 0], lambda k: [w.prompt() for w in ws],
+                         lambda k: None, chunks, gen, steps=cfg.sample_steps, shift=cfg.shift,
+                         guidance=cfg.guidance))
+    video = torch.cat(clips, dim=2)  # [W, C, frames, H, W]
+    writer = VideoWriter(path)
+    writer.write(np.concatenate([to_uint8(v) for v in video], axis=2))  # worlds side by side
+    writer.close()
+    strip = np.concatenate([np.concatenate(list(to_uint8(v)), axis=1) for v in video], axis=0)
+    iio.imwrite(path.replace(".gif", ".png"), strip.repeat(2, 0).repeat(2, 1))
+
+
+def main(cfg: TrainConfig):
+    check(cfg)
+    # --- processes and devices: plain python, or torchrun (DDP) ---
+    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if ddp:
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if device == "cuda":
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+    else:
+        rank, world = 0, 1
+    master = rank == 0
+    assert cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size} must divide by {world} ranks"
+    batch = cfg.batch_size // world
+    if "cuda" in device:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = torch.autocast("cuda", torch.bfloat16) if "cuda" in device else nullcontext()
+    torch.manual_seed(cfg.seed)
+
+    # --- data ---
+    if cfg.data == "shapes":
+        source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.p_event, cfg.p_control)
+    else:
+        source = VideoFolder(cfg.data, cfg.frames, cfg.resolution)
+
+    # --- model, EMA, optimiser, error banks; from scratch, --init-from or --resume ---
+    ckpt_path = os.path.join(cfg.out, "ckpt.pt")
+    start = cfg.init_from if cfg.init_from and not cfg.resume else (ckpt_path if cfg.resume else "")
+    ckpt = torch.load(start, map_location="cpu", weights_only=True) if start else None
+    if ckpt is not None:
+        model_cfg = DiTConfig(**ckpt["model_cfg"])
+    else:
+        model_cfg = DiTConfig(frames=cfg.frames, resolution=cfg.resolution, **PRESETS[cfg.preset])
+    model = VideoDiT(model_cfg)
+    if cfg.init_from and not cfg.resume:
+        model.load_state_dict(merged_state_dict(ckpt["ema"]))  # fine-tuning starts from the base's averaged weights
+    if cfg.lora_rank > 0:
+        add_lora(model, cfg.lora_rank)
+    ema = VideoDiT(model_cfg)
+    if cfg.lora_rank > 0:
+        add_lora(ema, cfg.lora_rank)
+    ema.load_state_dict(model.state_dict())
+    model.to(device), ema.to(device).requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  betas=(0.9, 0.99), fused="cuda" in device)
+    anchors = schedule(cfg.sample_steps, cfg.shift)[:-1]  # the sampler's timesteps
+    anchors = anchors[torch.linspace(0, len(anchors) - 1, cfg.buckets).round().long()]
+    bank_dtype = getattr(torch, cfg.bank_dtype)
+    bank_vid = ErrorBank(anchors, cfg.capacity, cfg.replace, cfg.bank_device, bank_dtype)
+    bank_noise = ErrorBank(anchors, cfg.capacity, cfg.replace, cfg.bank_device, bank_dtype)
+    step = 0
+    if cfg.resume:
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if "bank_vid" in ckpt:
+            bank_vid.load_state_dict(ckpt["bank_vid"])
+            bank_noise.load_state_dict(ckpt["bank_noise"])
+        step = ckpt["step"]
+    del ckpt
+    net = torch.compile(model) if cfg.compile else model
+    net = DistributedDataParallel(net) if ddp else net
+    if master:
+        os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
+        print(f"model: preset {cfg.preset}, {model.num_params() / 1e6:.2f}M parameters "
+              f"({sum(p.numel() for p in params) / 1e6:.2f}M trained), {device}, {world} rank(s)")
+    log = open(os.path.join(cfg.out, "log.jsonl"), "a") if master else None
+
+    # --- the loop ---
+    T, m = cfg.frames, cfg.motion_frames
+    losses, t0 = [], time.time()
+    while step < cfg.steps:
+        rng = np.random.default_rng([cfg.seed, step, rank])  # everything random of this step
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        video, prompts, control = source.clips(batch, T, rng)
+        x0, control = video.to(device), control.to(device)
+        # the condition: motion frames, then the anchor (a random frame of the clip) or zeros
+        film = torch.from_numpy(rng.random(batch) < cfg.p_film).to(device)
+        anchor = x0[torch.arange(batch), :, torch.from_numpy(rng.integers(T, size=batch))]
+        anchor = anchor * (~film).float().view(-1, 1, 1, 1)             # [B, C, H, W]
+        cond = condition(x0[:, :, :m], anchor, T)                        # [B, C + 1, T, H, W]
+        prompts = ["" if u < cfg.p_uncond else p for u, p in zip(rng.random(batch), prompts)]
+        ids, mask = (x.to(device) for x in tokenize(prompts, model_cfg.text_len))
+        t = sample_t(batch, gen, cfg.shift).to(device)
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        if cfg.erft:  # error recycling: inputs with the model's own errors, target still clean
+            x_t, v_target, cond, clean = inject(x0, noise, cond, t, bank_vid, bank_noise, gen,
+                                                cfg.p_img, cfg.p_vid, cfg.p_noise, cfg.p_clean, m)
+        else:
+            x_t, v_target = interpolate(x0, noise, t), velocity_target(x0, noise)
+        lr = get_lr(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast:
+            v_hat = net(x_t, t, cond, ids, mask, control)
+        loss = flow_loss(v_hat, v_target)
+        if not torch.isfinite(loss):
+            raise SystemExit(f"error: loss is {loss.item()} at step {step}; "
+                             f"the last good checkpoint is kept in {ckpt_path}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizer.step()
+        update_ema(ema, model, min(cfg.ema, (1 + step) / (10 + step)))
+        if cfg.erft:  # bank this step's errors: those of clean steps only now and then
+            e_vid, e_noise = one_step_errors(v_hat.detach(), v_target, t)
+            keep = ~clean.cpu() | (torch.rand(batch, generator=gen) < cfg.p_bank_clean)
+            if ddp and step < cfg.warmup_gather:
+                e_vid, e_noise, t_all, keep = gather_from_ranks(e_vid.to(device), e_noise.to(device),
+                                                                t, keep.to(device, torch.uint8))
+            else:
+                t_all = t
+            keep = keep.cpu().bool()
+            bank_vid.add(e_vid.cpu()[keep], t_all.cpu()[keep])
+            bank_noise.add(e_noise.cpu()[keep], t_all.cpu()[keep])
+        losses.append(loss.item())
+        step += 1
+
+        # --- logging, samples, checkpoints (rank 0) ---
+        if master and (step % cfg.log_every == 0 or step == cfg.steps):
+            dt = (time.time() - t0) / len(losses)
+            record = dict(step=step, loss=float(np.mean(losses)), lr=lr, sec_per_step=dt)
+            if cfg.erft:
+                norms = [n for n in bank_vid.stats()["mean_norm"] if n > 0]
+                record.update(bank=len(bank_vid), bank_capacity=cfg.buckets * cfg.capacity,
+                              error_norm=float(np.mean(norms)) if norms else 0.0)
+            print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in record.items()), flush=True)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            losses, t0 = [], time.time()
+        if master and (step % cfg.sample_every == 0 or step == cfg.steps):
+            write_samples(ema, cfg, os.path.join(cfg.out, "samples", f"step_{step:06d}.gif"))
+            if cfg.erft and len(bank_vid):
+                write_bank_picture(bank_vid, os.path.join(cfg.out, "samples", "bank.png"))
+        if master and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+            state = dict(model=model.state_dict(), ema=ema.state_dict(),
+                         optimizer=optimizer.state_dict(), step=step,
+                         model_cfg=dataclasses.asdict(model_cfg), train_cfg=dataclasses.asdict(cfg))
+            if cfg.erft:
+                state.update(bank_vid=bank_vid.state_dict(), bank_noise=bank_noise.state_dict())
+            save_checkpoint(ckpt_path, state)
+    if ddp:
+        dist.destroy_process_group()
+    return model, ema, bank_vid, bank_noise
+
+
+def write_bank_picture(bank: ErrorBank, path: str):
+    """The mean error norm per bucket as a bar chart (noisy buckets left), above a strip of one
+    banked error per bucket (its first frame, grey = 0)."""
+    stats = bank.stats()
+    norms = np.array(stats["mean_norm"])
+    H = bank.errors.shape[-1]
+    bars = np.full((H, len(norms) * H, 3), 255, np.uint8)
+    for b, n in enumerate(norms):
+        height = int(round(H * n / max(norms.max(), 1e-8)))
+        bars[H - height:, b * H:(b + 1) * H - 1] = (200, 60, 60)
+    tiles = []
+    for b, c in enumerate(stats["count"]):
+        e = bank.errors[b, 0, :, 0].float() if c else torch.zeros(3, H, H)       # [C, H, W]
+        e = e / (e.abs().max() + 1e-8)
+        tiles.append(((e + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
+    picture = np.concatenate([bars, np.concatenate(tiles, axis=1)], axis=0)
+    iio.imwrite(path, picture.repeat(3, 0).repeat(3, 1))
+
+
+if __name__ == "__main__":
+    main(parse_args())
