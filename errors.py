@@ -103,8 +103,11 @@ class ErrorBank:
         """n errors drawn uniformly from everything stored, whatever its bucket: [n, ...]."""
         if len(self) == 0:
             return None
-        flat = torch.cat([self.errors[b, :int(c)] for b, c in enumerate(self.count)])
-        return flat[torch.randint(len(flat), (n,), generator=generator)].float()
+        index = torch.randint(len(self), (n,), generator=generator)   # into all stored errors
+        end = self.count.cumsum(0)                                     # [buckets]
+        bucket = torch.searchsorted(end, index, right=True)            # which bucket holds each
+        slot = index - (end[bucket] - self.count[bucket])              # and where in it
+        return self.errors[bucket, slot].float()
 
     def stats(self) -> dict:
         """Count and mean L2 norm of the errors of each bucket."""

@@ -106,7 +106,8 @@ def check_args(args):
     if os.path.isdir(folder) and not os.access(folder, os.W_OK):
         problems.append(f"--out {args.out}: folder {folder} is not writable")
     if problems:
-        sys.exit("error: " + "\nerror: ".join(problems))
+        print("error: " + "\nerror: ".join(problems), file=sys.stderr)
+        sys.exit(2)
 
 
 def read_lines(path):
