@@ -157,8 +157,9 @@ def save_checkpoint(path: str, state: dict):
 
 @torch.no_grad()
 def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
-    """A few rollouts from ground-truth frames of fixed worlds (shot mode): a gif, plus a png
-    strip (one row per world, every frame) next to it."""
+    """Rollouts from ground-truth frames of fixed worlds (shot mode): a gif with the real video
+    on the left of each rollout, and a png strip next to it (per world a row of real frames,
+    then a row of generated ones)."""
     device = next(model.parameters()).device
     m = cfg.motion_frames
     ws = [ShapesWorld(seed, cfg.resolution) for seed in range(worlds)]
@@ -167,11 +168,14 @@ def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
     clips = list(rollout(model, first, first[:, :, 0], lambda k: [w.prompt() for w in ws],
                          lambda k: None, chunks, gen, steps=cfg.sample_steps, shift=cfg.shift,
                          guidance=cfg.guidance))
-    video = torch.cat(clips, dim=2)  # [W, C, frames, H, W]
+    fake = [to_uint8(v) for v in torch.cat(clips, dim=2)]               # W x [frames, H, W, 3]
+    real = [np.concatenate([to_uint8(f.cpu()), w.frames(len(v) - m)]) for f, w, v in
+            zip(first, ws, fake)]
     writer = VideoWriter(path)
-    writer.write(np.concatenate([to_uint8(v) for v in video], axis=2))  # worlds side by side
+    writer.write(np.concatenate([x for pair in zip(real, fake) for x in pair], axis=2))
     writer.close()
-    strip = np.concatenate([np.concatenate(list(to_uint8(v)), axis=1) for v in video], axis=0)
+    strip = np.concatenate([np.concatenate(list(x), axis=1) for pair in zip(real, fake)
+                            for x in pair], axis=0)
     iio.imwrite(path.replace(".gif", ".png"), strip.repeat(2, 0).repeat(2, 1))
 
 
