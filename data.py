@@ -61,7 +61,8 @@ class ShapesWorld:
         self.pos = self.rng.uniform(self.size[:, None], resolution - self.size[:, None], (n, 2))
         speed = resolution * self.rng.uniform(0.02, 0.05, n)             # pixels per frame
         angle = self.rng.uniform(0, 2 * np.pi, n)
-        self.vel = speed[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)  # [n, 2] (x, y)
+        direction = np.stack([np.cos(angle), np.sin(angle)], axis=1)     # [n, 2] (x, y)
+        self.vel = speed[:, None] * direction
         self.colour = self.rng.choice(len(COLOURS), n, replace=False)
         self.kind = self.rng.integers(0, len(KINDS), n)
         self.background = int(self.rng.integers(0, len(BACKGROUNDS)))
@@ -87,7 +88,8 @@ class ShapesWorld:
         return self.keypoint(time) / self.res * 2 - 1
 
     def step(self):
-        """Constant velocity, elastic bounce off the borders; shape 0 on the path in control mode."""
+        """Constant velocity, elastic bounce off the borders; in control mode shape 0 is on the
+        path."""
         self.pos = self.pos + self.vel
         low, high = self.size[:, None], self.res - self.size[:, None]
         hit = (self.pos < low) | (self.pos > high)
@@ -252,7 +254,10 @@ class VideoWriter:
         ext = os.path.splitext(path)[1].lower()
         if ext not in (".mp4", ".gif"):
             raise ValueError(f"{path}: the output must end in .mp4 or .gif")
-        kwargs = dict(fps=fps, macro_block_size=1) if ext == ".mp4" else dict(duration=1 / fps, loop=0)
+        if ext == ".mp4":
+            kwargs = dict(fps=fps, macro_block_size=1)
+        else:
+            kwargs = dict(duration=1 / fps, loop=0)
         self.writer = imageio.get_writer(path, **kwargs)
 
     def write(self, frames: np.ndarray):

@@ -123,7 +123,8 @@ class ErrorBank:
 
     def load_state_dict(self, state: dict):
         self.anchors, self.count, self.added = state["anchors"], state["count"], state["added"]
-        self.errors = state["errors"].to(self.device, self.dtype) if state["errors"].numel() else None
+        errors = state["errors"]
+        self.errors = errors.to(self.device, self.dtype) if errors.numel() else None
         self.replace_gen.set_state(state["replace_gen"])
 
 

@@ -12,8 +12,9 @@ Notable features:
   layer starts at zero, so an untrained model predicts v = 0 exactly;
 - full attention over all tokens of a clip through F.scaled_dot_product_attention;
 - conditioning concatenated on channels, as in Wan image-to-video: the input is [x_t, mask, cond],
-  where cond holds the motion frames (the last frames of the previous clip) in their slots and, after
-  them, the anchor image repeated ("shot" mode) or zeros ("film" mode), and mask marks the motion slots;
+  where cond holds the motion frames (the last frames of the previous clip) in their slots and,
+  after them, the anchor image repeated ("shot" mode) or zeros ("film" mode), and mask marks the
+  motion slots;
 - a small byte-level text encoder trained from scratch, read through cross-attention;
 - an optional per-frame control vector (a keypoint path, the "skeleton" of the paper), embedded and
   added to the tokens of its frames.
@@ -69,8 +70,9 @@ def tokenize(prompts: list[str], text_len: int) -> tuple[torch.Tensor, torch.Ten
 
 
 def condition(motion: torch.Tensor, anchor: torch.Tensor | None, frames: int) -> torch.Tensor:
-    """The conditioning input [mask, cond]: motion [B, C, m, H, W] in the first m frame slots, then the
-    anchor [B, C, H, W] repeated (shot mode) or zeros (anchor None, film mode). -> [B, C + 1, T, H, W]"""
+    """The conditioning input [mask, cond]: motion [B, C, m, H, W] in the first m frame slots,
+    then the anchor [B, C, H, W] repeated (shot mode) or zeros (anchor None, film mode).
+    Returns [B, C + 1, T, H, W]."""
     B, C, m, H, W = motion.shape
     rest = torch.zeros(B, C, frames - m, H, W, device=motion.device, dtype=motion.dtype)
     if anchor is not None:
@@ -139,10 +141,11 @@ class Attention(nn.Module):
         context = x if context is None else context
         B, N, D = x.shape
         M, hd = context.shape[1], D // self.heads
-        q = self.q(x).view(B, N, self.heads, hd).transpose(1, 2)                   # [B, heads, N, hd]
-        k, v = self.kv(context).view(B, M, 2, self.heads, hd).permute(2, 0, 3, 1, 4)  # [B, heads, M, hd]
-        mask = None if context_mask is None else context_mask[:, None, None, :]      # [B, 1, 1, M]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)                # [B, heads, N, hd]
+        q = self.q(x).view(B, N, self.heads, hd).transpose(1, 2)           # [B, heads, N, hd]
+        kv = self.kv(context).view(B, M, 2, self.heads, hd)                 # [B, M, 2, heads, hd]
+        k, v = kv.permute(2, 0, 3, 1, 4)                                    # [B, heads, M, hd] each
+        mask = None if context_mask is None else context_mask[:, None, None, :]  # [B, 1, 1, M]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)      # [B, heads, N, hd]
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -164,7 +167,8 @@ class TextEncoder(nn.Module):
         super().__init__()
         D = cfg.width
         self.embed = nn.Embedding(PAD + 1, D)
-        self.register_buffer("pos", sincos(torch.arange(cfg.text_len + 1), D)[None], persistent=False)
+        pos = sincos(torch.arange(cfg.text_len + 1), D)[None]  # [1, L + 1, D]
+        self.register_buffer("pos", pos, persistent=False)
         self.norms = nn.ModuleList(nn.LayerNorm(D) for _ in range(2 * cfg.text_depth))
         self.attns = nn.ModuleList(Attention(D, cfg.heads) for _ in range(cfg.text_depth))
         self.mlps = nn.ModuleList(MLP(D, cfg.mlp_ratio) for _ in range(cfg.text_depth))
@@ -179,7 +183,7 @@ class TextEncoder(nn.Module):
 
 
 class TimestepEmbedder(nn.Module):
-    """Flow time t in [0, 1] -> [B, D]: sinusoids of 1000 t (the Wan/DiffSynth scale), then an MLP."""
+    """Flow time t in [0, 1] -> [B, D]: sinusoids of 1000 t (the Wan scale), then an MLP."""
 
     def __init__(self, width: int, freq_dim: int = 256):
         super().__init__()
@@ -255,7 +259,7 @@ class VideoDiT(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x_t, t, cond, text_ids, text_mask, control=None):
-        """x_t [B, C, T, H, W] noisy clip, t [B] flow time, cond [B, C + 1, T, H, W] from condition(),
+        """x_t [B, C, T, H, W] noisy clip, t [B] flow time, cond [B, C + 1, T, H, W] (condition()),
         text_ids/text_mask [B, L + 1] from tokenize(), control [B, T, control_dim] (NaN or None:
         no control).
         Returns the predicted velocity [B, C, T, H, W]."""
@@ -290,7 +294,8 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int):
         super().__init__()
         self.base = base
-        self.lora_a = nn.Parameter(torch.randn(rank, base.in_features) / math.sqrt(base.in_features))
+        fan_in = base.in_features
+        self.lora_a = nn.Parameter(torch.randn(rank, fan_in) / math.sqrt(fan_in))
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
 
     def forward(self, x):

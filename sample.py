@@ -11,7 +11,7 @@ not grow with N, and Ctrl-C leaves a playable video of the clips done so far.
     python sample.py --chunks 20                              # out/video.mp4 from out/ckpt.pt
     python sample.py --chunks 50 --mode film --prompts story.txt --out story.mp4
     python sample.py --chunks 10 --control world              # shape 0 follows the world's path
-    python sample.py --ckpt out/ckpt.pt --image start.png --prompt "a red circle on a black background"
+    python sample.py --image start.png --prompt "a red circle on a black background"
 """
 import argparse
 import os

@@ -183,7 +183,9 @@ def main(cfg: TrainConfig):
     check(cfg)
     # --- processes and devices: plain python, or torchrun (DDP) ---
     ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if ddp:
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -193,7 +195,7 @@ def main(cfg: TrainConfig):
     else:
         rank, world = 0, 1
     master = rank == 0
-    assert cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size} must divide by {world} ranks"
+    assert cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size} must divide by {world}"
     batch = cfg.batch_size // world
     if "cuda" in device:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -217,7 +219,7 @@ def main(cfg: TrainConfig):
         model_cfg = DiTConfig(frames=cfg.frames, resolution=cfg.resolution, **PRESETS[cfg.preset])
     model = VideoDiT(model_cfg)
     if cfg.init_from and not cfg.resume:
-        model.load_state_dict(merged_state_dict(ckpt["ema"]))  # fine-tuning starts from the base's averaged weights
+        model.load_state_dict(merged_state_dict(ckpt["ema"]))  # start from the base's EMA
     if cfg.lora_rank > 0:
         add_lora(model, cfg.lora_rank)
     ema = VideoDiT(model_cfg)
@@ -291,8 +293,8 @@ def main(cfg: TrainConfig):
             e_vid, e_noise = one_step_errors(v_hat.detach(), v_target, t)
             keep = ~clean.cpu() | (torch.rand(batch, generator=gen) < cfg.p_bank_clean)
             if ddp and step < cfg.warmup_gather:
-                e_vid, e_noise, t_all, keep = gather_from_ranks(e_vid.to(device), e_noise.to(device),
-                                                                t, keep.to(device, torch.uint8))
+                e_vid, e_noise, t_all, keep = gather_from_ranks(
+                    e_vid.to(device), e_noise.to(device), t, keep.to(device, torch.uint8))
             else:
                 t_all = t
             keep = keep.cpu().bool()

@@ -87,7 +87,8 @@ def test_folder_loader_trains_on_what_is_usable_and_names_the_rest(tmp_path):
     for name in ("short.gif", "corrupt.mp4", "empty.avi"):
         assert name in message
     assert "good.mp4" not in message and "notes.md" not in message
-    assert len(folder.videos) == 3 and sorted(folder.captions) == ["a caption", "a video", "a video"]
+    assert len(folder.videos) == 3
+    assert sorted(folder.captions) == ["a caption", "a video", "a video"]
     assert all(v.shape[1:] == (16, 16, 3) for v in folder.videos)
     video, prompts, control = folder.clips(4, 8, np.random.default_rng(0))
     assert video.shape == (4, 3, 8, 16, 16) and np.isnan(control.numpy()).all()

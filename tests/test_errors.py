@@ -97,12 +97,14 @@ def test_injection_is_the_identity_with_empty_banks_or_clean_gates():
     x0, noise, cond, t = batch()
     empty = ErrorBank(torch.tensor([0.9, 0.5, 0.1]), 4)
     x_t, v, c, _ = inject(x0, noise, cond, t, empty, empty, G(0), 1.0, 1.0, 1.0, 0.0)
-    assert torch.equal(x_t, interpolate(x0, noise, t)) and torch.equal(v, velocity_target(x0, noise))
+    assert torch.equal(x_t, interpolate(x0, noise, t))
+    assert torch.equal(v, velocity_target(x0, noise))
     assert torch.equal(c, cond)
     full = filled_bank()
     x_t, v, c, clean = inject(x0, noise, cond, t, full, full, G(0), 1.0, 1.0, 1.0, p_clean=1.0)
     assert clean.all() and torch.equal(c, cond)
-    assert torch.equal(x_t, interpolate(x0, noise, t)) and torch.equal(v, velocity_target(x0, noise))
+    assert torch.equal(x_t, interpolate(x0, noise, t))
+    assert torch.equal(v, velocity_target(x0, noise))
 
 
 def test_injection_adds_errors_where_the_paper_says():
