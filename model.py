@@ -15,7 +15,8 @@ Notable features:
   where cond holds the motion frames (the last frames of the previous clip) in their slots and,
   after them, the anchor image repeated ("shot" mode) or zeros ("film" mode), and mask marks the
   motion slots;
-- a small byte-level text encoder trained from scratch, read through cross-attention;
+- a small byte-level text encoder trained from scratch; its summary of the prompt joins the flow
+  time in the adaLN conditioning, as a class label does in DiT, so S to XL match DiT's sizes;
 - an optional per-frame control vector (a keypoint path, the "skeleton" of the paper), embedded and
   added to the tokens of its frames.
 
@@ -42,6 +43,7 @@ class DiTConfig:
     patch_t: int = 2          # frames per token
     patch_s: int = 4          # pixels per token side
     text_len: int = 64        # prompt bytes kept (longer prompts are cut)
+    text_width: int = 128     # width of the text encoder
     text_depth: int = 2       # transformer layers of the text encoder
     control_dim: int = 2      # size of the per-frame control vector (a keypoint x, y)
 
@@ -127,25 +129,21 @@ def modulate(x, shift, scale):
 
 
 class Attention(nn.Module):
-    """Multi-head attention; self-attention when context is None, else cross-attention to it."""
+    """Multi-head self-attention; `mask` [B, N] (True: attend) hides padding keys."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
         assert width % heads == 0, f"width {width} must be divisible by heads {heads}"
         self.heads = heads
-        self.q = nn.Linear(width, width)
-        self.kv = nn.Linear(width, 2 * width)
+        self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x, context=None, context_mask=None):
-        context = x if context is None else context
+    def forward(self, x, mask=None):
         B, N, D = x.shape
-        M, hd = context.shape[1], D // self.heads
-        q = self.q(x).view(B, N, self.heads, hd).transpose(1, 2)           # [B, heads, N, hd]
-        kv = self.kv(context).view(B, M, 2, self.heads, hd)                 # [B, M, 2, heads, hd]
-        k, v = kv.permute(2, 0, 3, 1, 4)                                    # [B, heads, M, hd] each
-        mask = None if context_mask is None else context_mask[:, None, None, :]  # [B, 1, 1, M]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)      # [B, heads, N, hd]
+        qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)   # [B, N, 3, heads, hd]
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)                            # [B, heads, N, hd] each
+        mask = None if mask is None else mask[:, None, None, :]         # [B, 1, 1, N]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, N, hd]
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
 
@@ -160,26 +158,28 @@ class MLP(nn.Module):
 
 
 class TextEncoder(nn.Module):
-    """Prompt bytes -> token features [B, L + 1, D]: a byte embedding and a few pre-norm
-    transformer layers, trained from scratch together with the DiT (nothing is downloaded)."""
+    """Prompt bytes -> one vector [B, D]: a byte embedding and a few pre-norm transformer layers,
+    trained from scratch with the DiT (nothing is downloaded); the output at the BOS token, which
+    attends to every byte, summarises the prompt."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
-        D = cfg.width
+        D, heads = cfg.text_width, max(1, cfg.text_width // 64)
         self.embed = nn.Embedding(PAD + 1, D)
         pos = sincos(torch.arange(cfg.text_len + 1), D)[None]  # [1, L + 1, D]
         self.register_buffer("pos", pos, persistent=False)
         self.norms = nn.ModuleList(nn.LayerNorm(D) for _ in range(2 * cfg.text_depth))
-        self.attns = nn.ModuleList(Attention(D, cfg.heads) for _ in range(cfg.text_depth))
+        self.attns = nn.ModuleList(Attention(D, heads) for _ in range(cfg.text_depth))
         self.mlps = nn.ModuleList(MLP(D, cfg.mlp_ratio) for _ in range(cfg.text_depth))
         self.norm_out = nn.LayerNorm(D)
+        self.proj = nn.Linear(D, cfg.width)
 
     def forward(self, ids, mask):
         x = self.embed(ids) + self.pos  # [B, L + 1, D]
         for i, (attn, mlp) in enumerate(zip(self.attns, self.mlps)):
-            x = x + attn(self.norms[2 * i](x), context_mask=mask)
+            x = x + attn(self.norms[2 * i](x), mask)
             x = x + mlp(self.norms[2 * i + 1](x))
-        return self.norm_out(x)
+        return self.proj(self.norm_out(x[:, 0]))  # the BOS token
 
 
 class TimestepEmbedder(nn.Module):
@@ -195,26 +195,24 @@ class TimestepEmbedder(nn.Module):
 
 
 class DiTBlock(nn.Module):
-    """adaLN-Zero block: self-attention over the clip, cross-attention to the prompt, MLP. The
-    modulation layer starts at zero, so every gate is 0 and the block is the identity at init."""
+    """adaLN-Zero block: self-attention over the clip, then an MLP, each scaled and shifted by
+    the conditioning vector (flow time + prompt). The modulation layer starts at zero, so every
+    gate is 0 and the block is the identity at init."""
 
     def __init__(self, cfg: DiTConfig):
         super().__init__()
         D = cfg.width
         self.norm1 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(D, cfg.heads)
-        self.norm2 = nn.LayerNorm(D, eps=1e-6)
-        self.cross = Attention(D, cfg.heads)
-        self.norm3 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
+        self.norm2 = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.mlp = MLP(D, cfg.mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
-    def forward(self, x, c, text, text_mask):
+    def forward(self, x, c):
         shift1, scale1, gate1, shift2, scale2, gate2 = \
             self.adaLN_modulation(c)[:, None].chunk(6, dim=-1)  # 6 x [B, 1, D]
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1))
-        x = x + self.cross(self.norm2(x), text, text_mask)
-        return x + gate2 * self.mlp(modulate(self.norm3(x), shift2, scale2))
+        return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
 # -----------------------------------------------------------------------------
@@ -275,10 +273,9 @@ class VideoDiT(nn.Module):
         control = self.control_embedder(control.reshape(B, T // pt, -1))  # [B, t, D]
         x = x.view(B, T // pt, -1, x.shape[-1]) + control[:, :, None]  # [B, t, h * w, D]
         x = x.view(B, -1, x.shape[-1])                                  # [B, N, D]
-        text = self.text_encoder(text_ids, text_mask)                   # [B, L + 1, D]
-        c = self.t_embedder(t)                                          # [B, D]
+        c = self.t_embedder(t) + self.text_encoder(text_ids, text_mask)  # [B, D]
         for block in self.blocks:
-            x = block(x, c, text, text_mask)
+            x = block(x, c)
         shift, scale = self.adaLN_out(c)[:, None].chunk(2, dim=-1)      # 2 x [B, 1, D]
         x = self.final_layer(modulate(self.norm_out(x), shift, scale))  # [B, N, pt * ps * ps * C]
         return unpatchify(x, C, T, H, W, pt, ps)
@@ -302,7 +299,7 @@ class LoRALinear(nn.Module):
         return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b)
 
 
-LORA_TARGETS = ("q", "kv", "proj", "fc1", "fc2")  # the attention and MLP linears of every block
+LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")  # the attention and MLP linears of every block
 
 
 def add_lora(model: VideoDiT, rank: int) -> VideoDiT:
@@ -311,7 +308,7 @@ def add_lora(model: VideoDiT, rank: int) -> VideoDiT:
     for p in model.parameters():
         p.requires_grad_(False)
     for block in model.blocks:
-        for parent in (block.attn, block.cross, block.mlp):
+        for parent in (block.attn, block.mlp):
             for name in LORA_TARGETS:
                 if isinstance(getattr(parent, name, None), nn.Linear):
                     setattr(parent, name, LoRALinear(getattr(parent, name), rank))

@@ -54,7 +54,7 @@ class TrainConfig:
     # optimisation
     steps: int = 1600             # total optimiser steps
     batch_size: int = 16          # clips per step, over all ranks
-    lr: float = 5e-4              # peak learning rate (AdamW)
+    lr: float = 1.5e-3            # peak learning rate (AdamW)
     warmup: int = 100             # linear warm-up steps, then cosine decay to lr / 10
     weight_decay: float = 0.0
     grad_clip: float = 1.0

@@ -73,8 +73,8 @@ def test_lora_fine_tune_trains_adapters_only_and_samples(tmp_path, base_ckpt):
                                               erft=True, lr=1e-2))
     base = torch.load(base_ckpt, weights_only=True)["ema"]
     state = model.state_dict()
-    assert all(torch.equal(state[k.replace("blocks.0.attn.q.", "blocks.0.attn.q.base.")], v)
-               for k, v in base.items() if k.startswith("blocks.0.attn.q."))
+    assert all(torch.equal(state[k.replace("blocks.0.attn.qkv.", "blocks.0.attn.qkv.base.")], v)
+               for k, v in base.items() if k.startswith("blocks.0.attn.qkv."))
     assert any(k.endswith("lora_b") and v.abs().sum() > 0 for k, v in state.items())
     sample.main(sample.parse_args(["--ckpt", str(tmp_path / "ckpt.pt"), "--chunks", "2",
                                    "--steps", "2", "--out", str(tmp_path / "v.gif")]))
