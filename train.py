@@ -129,6 +129,11 @@ def check(cfg: TrainConfig):
                  "p_clean", "p_bank_clean"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"--{name.replace('_', '-')} must be within [0, 1]")
+    fail(problems)
+
+
+def fail(problems: list[str]):
+    """Any problem: one line each on stderr, exit status 2."""
     if problems:
         print("error: " + "\nerror: ".join(problems), file=sys.stderr)
         sys.exit(2)
@@ -215,6 +220,9 @@ def main(cfg: TrainConfig):
     ckpt = torch.load(start, map_location="cpu", weights_only=True) if start else None
     if ckpt is not None:
         model_cfg = DiTConfig(**ckpt["model_cfg"])
+        if (model_cfg.frames, model_cfg.resolution) != (cfg.frames, cfg.resolution):
+            fail([f"{start} was trained with --frames {model_cfg.frames} --resolution "
+                  f"{model_cfg.resolution}; pass the same"])
     else:
         model_cfg = DiTConfig(frames=cfg.frames, resolution=cfg.resolution, **PRESETS[cfg.preset])
     model = VideoDiT(model_cfg)

@@ -68,6 +68,12 @@ def test_erft_resume_is_bitwise_identical_bank_included(tmp_path, monkeypatch, b
     assert_same_run(straight, resumed)
 
 
+def test_checkpoint_of_another_clip_size_is_rejected(tmp_path, base_ckpt, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(tiny_config(tmp_path, init_from=base_ckpt, frames=6))
+    assert exit_info.value.code == 2 and "--frames 4 --resolution 16" in capsys.readouterr().err
+
+
 def test_lora_fine_tune_trains_adapters_only_and_samples(tmp_path, base_ckpt):
     model, ema, _, _ = train.main(tiny_config(tmp_path, lora_rank=2, init_from=base_ckpt,
                                               erft=True, lr=1e-2))
