@@ -24,6 +24,7 @@ Shape letters: B batch, C channels, T frames, H/W height/width, N tokens, D widt
 Try it: python model.py   (prints the parameter count of every preset)
 """
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -330,16 +331,26 @@ def merged_state_dict(state: dict) -> dict:
     return plain
 
 
-def from_checkpoint(path: str, ema: bool = True, device="cpu") -> tuple[VideoDiT, dict]:
-    """A model rebuilt from a checkpoint written by train.py (its EMA weights unless ema=False),
-    in eval mode, and the checkpoint itself. Loading never unpickles code (weights_only=True)."""
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint as plain tensors and dicts. It is never unpickled as code (weights_only=True):
+    a file that would need that, or is no checkpoint at all, is refused with a ValueError."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such checkpoint")
-    except Exception as err:
+    except Exception as err:  # pickle.UnpicklingError for code, RuntimeError for a broken file
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path}: refused, not a plain-tensor checkpoint (loading it would need "
-                         f"arbitrary unpickling, which svi never does): {err}")
+                         f"arbitrary unpickling, or the file is damaged): {first_line}")
+    if not isinstance(ckpt, dict) or "model_cfg" not in ckpt:
+        raise ValueError(f"{path}: not a checkpoint written by svi's train.py")
+    return ckpt
+
+
+def from_checkpoint(path: str, ema: bool = True, device="cpu") -> tuple[VideoDiT, dict]:
+    """A model rebuilt from a checkpoint written by train.py (its EMA weights unless ema=False),
+    in eval mode, and the checkpoint itself."""
+    ckpt = load_checkpoint(path)
     model = VideoDiT(DiTConfig(**ckpt["model_cfg"]))
     model.load_state_dict(merged_state_dict(ckpt["ema" if ema else "model"]))
     return model.to(device).eval(), ckpt

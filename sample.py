@@ -14,7 +14,9 @@ not grow with N, and Ctrl-C leaves a playable video of the clips done so far.
     python sample.py --image start.png --prompt "a red circle on a black background"
 """
 import argparse
+import contextlib
 import os
+import signal
 import sys
 
 import numpy as np
@@ -110,6 +112,19 @@ def check_args(args):
         sys.exit(2)
 
 
+@contextlib.contextmanager
+def whole_clips():
+    """Hold Ctrl-C back while a clip is written, so the video only ever ends on a whole clip."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a held Ctrl-C lands now
+
+
 def read_lines(path):
     with open(path, encoding="utf-8") as f:
         return [line.strip() for line in f if line.strip()]
@@ -117,7 +132,11 @@ def read_lines(path):
 
 def main(args):
     check_args(args)
-    model, ckpt = from_checkpoint(args.ckpt, device=args.device)
+    try:
+        model, ckpt = from_checkpoint(args.ckpt, device=args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     cfg, train_cfg = model.cfg, ckpt["train_cfg"]
     m, T, res = train_cfg["motion_frames"], cfg.frames, cfg.resolution
     shift = train_cfg["shift"] if args.shift is None else args.shift
@@ -150,7 +169,8 @@ def main(args):
                     generator, steps=args.steps, shift=shift, guidance=args.guidance)
     try:
         for clip in tqdm(clips, total=args.chunks, desc="clips", unit="clip"):
-            writer.write(to_uint8(clip[0]))
+            with whole_clips():
+                writer.write(to_uint8(clip[0]))
     except KeyboardInterrupt:
         print("interrupted: keeping the clips finished so far")
     finally:

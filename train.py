@@ -33,8 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 from data import ShapesSource, ShapesWorld, VideoFolder, VideoWriter, to_uint8, to_unit
 from errors import ErrorBank, gather_from_ranks, inject, one_step_errors
 from flow import flow_loss, interpolate, sample_t, schedule, velocity_target
-from model import (PRESETS, DiTConfig, VideoDiT, add_lora, condition, merged_state_dict,
-                   tokenize)
+from model import (PRESETS, DiTConfig, VideoDiT, add_lora, condition, load_checkpoint,
+                   merged_state_dict, tokenize)
 from sample import rollout
 
 
@@ -123,6 +123,11 @@ def check(cfg: TrainConfig):
         problems.append(f"--init-from {cfg.init_from}: no such file")
     if cfg.resume and not os.path.isfile(os.path.join(cfg.out, "ckpt.pt")):
         problems.append(f"--resume: no checkpoint {os.path.join(cfg.out, 'ckpt.pt')}")
+    out = os.path.abspath(cfg.out)
+    while not os.path.exists(out):  # the nearest folder that exists must be writable
+        out = os.path.dirname(out)
+    if not os.access(out, os.W_OK) or not os.path.isdir(out):
+        problems.append(f"--out {cfg.out}: {out} is not a writable folder")
     if cfg.data != "shapes" and not os.path.isdir(cfg.data):
         problems.append(f"--data {cfg.data}: no such folder (or use --data shapes)")
     for name in ("p_film", "p_event", "p_control", "p_uncond", "p_img", "p_vid", "p_noise",
@@ -217,7 +222,10 @@ def main(cfg: TrainConfig):
     # --- model, EMA, optimiser, error banks; from scratch, --init-from or --resume ---
     ckpt_path = os.path.join(cfg.out, "ckpt.pt")
     start = cfg.init_from if cfg.init_from and not cfg.resume else (ckpt_path if cfg.resume else "")
-    ckpt = torch.load(start, map_location="cpu", weights_only=True) if start else None
+    try:
+        ckpt = load_checkpoint(start) if start else None
+    except ValueError as err:
+        fail([str(err)])
     if ckpt is not None:
         model_cfg = DiTConfig(**ckpt["model_cfg"])
         if (model_cfg.frames, model_cfg.resolution) != (cfg.frames, cfg.resolution):

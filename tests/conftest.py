@@ -1,9 +1,13 @@
-"""Shared helpers: a training configuration small enough to run in seconds on a CPU."""
+"""Shared helpers: a training configuration small enough to run in seconds on a CPU, and a tiny
+trained checkpoint."""
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import train  # noqa: E402
 from train import TrainConfig  # noqa: E402
 
 
@@ -13,3 +17,11 @@ def tiny_config(out, **overrides) -> TrainConfig:
                     buckets=4, capacity=3, out=str(out), device="cpu")
     settings.update(overrides)
     return TrainConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def base_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    train.main(tiny_config(out, steps=3, sample_every=3))
+    assert os.path.exists(out / "samples" / "step_000003.gif")
+    return str(out / "ckpt.pt")

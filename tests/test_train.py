@@ -52,14 +52,6 @@ def test_resumed_run_is_bitwise_identical(tmp_path, monkeypatch):
     assert len(open(tmp_path / "b" / "log.jsonl").readlines()) == 6
 
 
-@pytest.fixture(scope="module")
-def base_ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("base")
-    train.main(tiny_config(out, steps=3, sample_every=3))
-    assert os.path.exists(out / "samples" / "step_000003.gif")
-    return str(out / "ckpt.pt")
-
-
 def test_erft_resume_is_bitwise_identical_bank_included(tmp_path, monkeypatch, base_ckpt):
     erft = dict(steps=6, erft=True, init_from=base_ckpt, p_clean=0.0, capacity=2, buckets=3)
     straight = train.main(tiny_config(tmp_path / "a", **erft))

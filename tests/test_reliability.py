@@ -1,0 +1,131 @@
+"""Nothing lost on a crash, bad input rejected clearly, checkpoints safe to load.
+Run: python -m pytest tests/test_reliability.py"""
+import os
+import pickle
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import imageio.v3 as iio
+import pytest
+import torch
+
+import sample
+import train
+from conftest import tiny_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+TINY = ["--frames", "4", "--resolution", "16", "--batch-size", "2", "--warmup", "2",
+        "--sample-every", "1000", "--sample-steps", "2", "--ckpt-every", "1", "--log-every", "1",
+        "--device", "cpu"]
+
+
+def train_cmd(out, steps, *extra):
+    return [sys.executable, "train.py", *TINY, "--steps", str(steps), "--out", str(out), *extra]
+
+
+def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
+    steps = 60
+    subprocess.run(train_cmd(tmp_path / "straight", steps), cwd=ROOT, env=ENV, check=True,
+                   capture_output=True, timeout=300)
+    straight = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)
+    rng = random.Random(0)
+    for trial in range(3):
+        out, kills = tmp_path / f"killed{trial}", 0
+        while True:
+            resume = ["--resume"] if (out / "ckpt.pt").exists() else []
+            proc = subprocess.Popen(train_cmd(out, steps, *resume), cwd=ROOT, env=ENV,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                proc.wait(timeout=rng.uniform(2.0, 5.0) if kills < 3 else 300)
+                break  # finished
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills += 1
+        assert proc.returncode == 0 and kills >= 1
+        resumed = torch.load(out / "ckpt.pt", weights_only=True)
+        assert resumed["step"] == steps
+        for key in ("model", "ema"):
+            for name, p in straight[key].items():
+                assert torch.equal(p, resumed[key][name]), (trial, key, name)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('x')",))
+
+
+@pytest.mark.parametrize("save", ["torch", "pickle"])
+def test_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, monkeypatch, capsys,
+                                                              save):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    state = {"model_cfg": {}, "ema": Exploit()}
+    if save == "torch":
+        torch.save(state, path)
+    else:
+        path.write_bytes(pickle.dumps(state))
+    for run in (lambda: train.main(tiny_config(tmp_path / "out", init_from=str(path))),
+                lambda: sample.main(sample.parse_args(["--ckpt", str(path)]))):
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        assert exit_info.value.code == 2 and "refused" in capsys.readouterr().err
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
+    real_loss, calls = train.flow_loss, []
+
+    def loss_turning_nan(v_hat, v_target):
+        calls.append(1)
+        loss = real_loss(v_hat, v_target)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(train, "flow_loss", loss_turning_nan)
+    with pytest.raises(SystemExit, match="loss is nan at step 2"):
+        train.main(tiny_config(tmp_path, steps=5, ckpt_every=1))
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 2 and all(torch.isfinite(p).all() for p in ckpt["model"].values())
+
+
+def test_sigint_during_sampling_leaves_a_playable_video_of_whole_clips(tmp_path, base_ckpt):
+    out = tmp_path / "long.mp4"
+    proc = subprocess.Popen([sys.executable, "sample.py", "--ckpt", base_ckpt, "--chunks",
+                             "100000", "--steps", "2", "--out", str(out)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    while not (out.exists() and out.stat().st_size > 2000) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stdout
+    frames = int(re.search(r"(\d+) frames", stdout).group(1))
+    assert frames > 8 and (frames - 2) % 2 == 0   # N (T - m) + m with T = 4, m = 2
+    assert len(iio.imread(out, index=None)) == frames
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--out", "a_file/run"], "not a writable folder"),
+    (["--batch-size", "-3"], "--batch-size must be positive"),
+    (["--replace", "lru"], "choose l2, random or fifo"),
+])
+def test_more_bad_training_flags(tmp_path, monkeypatch, capsys, flags, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(train.parse_args(flags))
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_empty_prompt_file_is_rejected(tmp_path, base_ckpt, capsys):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    with pytest.raises(SystemExit) as exit_info:
+        sample.main(sample.parse_args(["--ckpt", base_ckpt, "--prompts",
+                                       str(tmp_path / "empty.txt")]))
+    assert exit_info.value.code == 2 and "has no prompt" in capsys.readouterr().err
