@@ -100,6 +100,15 @@ def test_prompt_file_and_control_file(tmp_path, base_ckpt):
     assert len(iio.imread(tmp_path / "v.mp4", index=None)) == 4 * 2 + 2
 
 
+def test_start_from_an_image_with_a_prompt(tmp_path, base_ckpt):
+    iio.imwrite(tmp_path / "start.png", np.full((40, 50, 4), 200, np.uint8))  # RGBA, not square
+    sample.main(sample.parse_args(["--ckpt", base_ckpt, "--chunks", "2", "--steps", "2",
+                                   "--image", str(tmp_path / "start.png"), "--prompt", "ü",
+                                   "--out", str(tmp_path / "v.gif"), "--scale", "1"]))
+    video = iio.imread(tmp_path / "v.gif", index=None)
+    assert video.shape[:3] == (2 * 2 + 2, 16, 16)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--steps", "0"], "--steps must be positive"),
     (["--motion-frames", "8"], "fewer than --frames"),
