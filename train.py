@@ -61,6 +61,8 @@ class TrainConfig:
     ema: float = 0.999            # decay of the weight average used for sampling
     p_uncond: float = 0.1         # prompt dropout, so classifier-free guidance works
     shift: float = 1.0            # schedule shift of training and sampling times (flow.shift_t)
+    cond_noise: float = 0.0       # > 0: Gaussian noise of std U(0, this) on the motion frames,
+                                  # the handcrafted anti-drift of GameNGen / DIAMOND (a baseline)
     # error recycling (errors.py)
     erft: bool = False            # inject banked errors into the inputs
     p_img: float = 0.9            # gate of the conditioning (motion-frame) error
@@ -282,6 +284,10 @@ def main(cfg: TrainConfig):
         anchor = x0[torch.arange(batch), :, torch.from_numpy(rng.integers(T, size=batch))]
         anchor = anchor * (~film).float().view(-1, 1, 1, 1)             # [B, C, H, W]
         cond = condition(x0[:, :, :m], anchor, T)                        # [B, C + 1, T, H, W]
+        if cfg.cond_noise > 0:  # the handcrafted baseline: noisy motion frames, clean target
+            sigma = cfg.cond_noise * torch.rand(batch, generator=gen).view(-1, 1, 1, 1, 1)
+            cond[:, 1:, :m] += sigma.to(device) * torch.randn(cond[:, 1:, :m].shape,
+                                                              generator=gen).to(device)
         prompts = ["" if u < cfg.p_uncond else p for u, p in zip(rng.random(batch), prompts)]
         ids, mask = (x.to(device) for x in tokenize(prompts, model_cfg.text_len))
         t = sample_t(batch, gen, cfg.shift).to(device)

@@ -1,0 +1,306 @@
+"""
+eval.py: the drift benchmark. Do long rollouts stay like the world, clip after clip?
+
+    python eval.py --ckpt clean=out/clean/ckpt.pt --ckpt erft=out/erft/ckpt.pt
+    python eval.py --ckpt erft=out/erft/ckpt.pt --setting creative --seeds 16 --chunks 50
+    python eval.py --quick --ckpt base=out/ckpt.pt            # a small, fast run
+
+Three settings, as in the paper: consistent (one prompt, shot mode), creative (a scene event and
+a new prompt every few clips, film mode) and conditional (shape 0 follows a control stream). For
+every checkpoint, on the same seeds, a rollout of --chunks clips starts from the first frames of
+a synthetic world, and each clip's new frames are scored against the real video of that world.
+The world draws from a fixed palette with hard edges, so every metric is exact and needs no
+network:
+
+  palette     share of pixels off the palette (blur, colour cast, noise)          ideal 0
+  count       |objects - objects in the real frame| (lost or split shapes)        ideal 0
+  colours     shape colours missing or extra against the real frame (the prompt)  ideal 0
+  background  distance of the frame's median colour to the prompt's background    ideal 0
+  sharpness   RMS spatial gradient / the real frames'                             ideal 1
+  motion      mean frame-to-frame change / the real frames' (frozen video: 0)     ideal 1
+  dynamics    centroid acceleration, pixels/frame^2 (constant velocity: 0)        ideal ~0
+  control     distance of shape 0 to its control keypoint, pixels (conditional)   ideal 0
+
+Outputs in --out: results.md (mean and 95% interval over seeds, first clip, last clip, drift),
+curves.png (each metric per clip) and side_by_side.mp4 (real | each method, first seed).
+"""
+import argparse
+import os
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+from data import BACKGROUNDS, COLOURS, PALETTE, ShapesWorld, VideoWriter, to_uint8, to_unit
+from model import from_checkpoint
+from sample import rollout
+
+OFF_PALETTE = 48.0   # RGB distance beyond which a pixel matches no palette colour
+MIN_AREA = 3         # pixels a connected blob needs to count as an object
+SETTINGS = ("consistent", "creative", "conditional")
+METRICS = ("palette", "count", "colours", "background", "sharpness", "motion", "dynamics",
+           "control")
+
+
+# -----------------------------------------------------------------------------
+# Per-frame measurements, on uint8 frames [T, H, W, 3]
+
+def nearest_palette(frames):
+    """Index of the nearest palette colour [T, H, W] and the distance to it."""
+    d = np.linalg.norm(frames[..., None, :].astype(np.float32) - PALETTE.astype(np.float32),
+                       axis=-1)  # [T, H, W, K]
+    return d.argmin(-1), d.min(-1)
+
+
+def components(mask):
+    """Connected blobs (4-neighbours) of a boolean image [H, W]: a list of pixel counts and
+    centroids (x, y), by propagating the smallest label until nothing changes."""
+    H, W = mask.shape
+    big = H * W
+    labels = np.where(mask, np.arange(big).reshape(H, W), big)
+    while True:
+        padded = np.pad(labels, 1, constant_values=big)
+        neighbours = np.stack([padded[1:-1, 1:-1], padded[:-2, 1:-1], padded[2:, 1:-1],
+                               padded[1:-1, :-2], padded[1:-1, 2:]])  # [5, H, W]
+        new = np.where(mask, neighbours.min(0), big)
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    ys, xs = np.mgrid[0:H, 0:W]
+    blobs = []
+    for label in np.unique(labels[mask]):
+        where = labels == label
+        blobs.append((int(where.sum()), (xs[where].mean() + 0.5, ys[where].mean() + 0.5)))
+    return blobs
+
+
+def objects(frame):
+    """Per shape colour index: the blobs of that colour ([(area, centroid)], small ones out)."""
+    index, dist = nearest_palette(frame[None])
+    out = {}
+    for c in range(len(COLOURS)):
+        blobs = [b for b in components((index[0] == c) & (dist[0] <= OFF_PALETTE))
+                 if b[0] >= MIN_AREA]
+        if blobs:
+            out[c] = blobs
+    return out
+
+
+def score_clip(fake, real, background, control=None):
+    """All metrics of one clip: fake and real uint8 [T, H, W, 3], the prompt's background index,
+    and (colour index of shape 0, its keypoints [T, 2] in pixels) or None. -> {metric: value}"""
+    _, dist = nearest_palette(fake)
+    found = [objects(f) for f in fake]
+    wanted = [objects(r) for r in real]
+    count = np.mean([abs(sum(map(len, f.values())) - sum(map(len, w.values())))
+                     for f, w in zip(found, wanted)])
+    colours = np.mean([len(set(f) ^ set(w)) for f, w in zip(found, wanted)])
+    bg = np.array(list(BACKGROUNDS.values())[background], dtype=np.float32)
+    median = np.median(fake.reshape(len(fake), -1, 3).astype(np.float32), axis=1)  # [T, 3]
+    # sharpness: root-mean-square spatial gradient (a blur spreads an edge and lowers it)
+    gradient = lambda v: np.sqrt(sum((np.diff(v.astype(np.float32), axis=a) ** 2).mean()
+                                     for a in (1, 2)))
+    change = lambda v: np.abs(np.diff(v.astype(np.float32), axis=0)).mean()
+    centroids = [{c: b[0][1] for c, b in f.items() if len(b) == 1} for f in found]
+    accel = [np.linalg.norm(np.subtract(c2[c], c1[c]) - np.subtract(c1[c], c0[c]))
+             for c0, c1, c2 in zip(centroids, centroids[1:], centroids[2:])
+             for c in set(c0) & set(c1) & set(c2)]
+    scores = dict(palette=float((dist > OFF_PALETTE).mean()), count=float(count),
+                  colours=float(colours),
+                  background=float(np.linalg.norm(median - bg, axis=1).mean() / 255),
+                  sharpness=gradient(fake) / max(gradient(real), 1e-6),
+                  motion=change(fake) / max(change(real), 1e-6),
+                  dynamics=float(np.mean(accel)) if accel else float("nan"),
+                  control=float("nan"))
+    if control is not None:  # shape 0: its colour's largest blob against the keypoint
+        colour, keypoints = control
+        miss = fake.shape[1] / 2  # a lost shape counts as half the frame away
+        scores["control"] = float(np.mean([
+            np.linalg.norm(np.subtract(max(f[colour])[1], k)) if colour in f else miss
+            for f, k in zip(found, keypoints)]))
+    return scores
+
+
+# -----------------------------------------------------------------------------
+# The real video of each seed, and each model's rollout from its first frames
+
+def real_clips(seed, setting, chunks, T, m, res, event_every):
+    """The real world, clip by clip, laid out as a rollout: clip 0 has T frames, later clips
+    T - m new ones. Per clip: frames, prompt, background, control info and control stream."""
+    world = ShapesWorld(seed, res, control=setting == "conditional")
+    first = world.frames(m)
+    clips = []
+    for k in range(chunks):
+        if setting == "creative" and k > 0 and k % event_every == 0:
+            world.event()  # the scene changes after the motion frames, with a new prompt
+        new = world.frames(T - m)
+        frames = np.concatenate([first, new]) if k == 0 else new
+        times = np.arange(T) + k * (T - m)  # the frames clip k generates, motion slots included
+        clip = dict(frames=frames, prompt=world.prompt(), background=world.background,
+                    stream=np.stack([world.control_vector(s) for s in times]))
+        if setting == "conditional":
+            keypoints = np.stack([world.keypoint(s["time"]) for s in world.truth[-len(frames):]])
+            clip["control"] = (int(world.colour[0]), keypoints)
+        clips.append(clip)
+    return first, clips
+
+
+def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=None):
+    """Scores [method][metric] -> [seeds, chunks], for the real video ("real") and each model."""
+    some = next(iter(models.values()))
+    T, res, m = some.cfg.frames, some.cfg.resolution, some.motion_frames
+    reals = [real_clips(s, setting, chunks, T, m, res, event_every) for s in range(seeds)]
+    first = torch.stack([to_unit(f) for f, _ in reals])  # [S, C, m, H, W]
+    anchor = None if setting == "creative" else first[:, :, 0]
+    prompts = lambda k: [clips[k]["prompt"] for _, clips in reals]
+    if setting == "conditional":
+        controls = lambda k: torch.from_numpy(np.stack([c[k]["stream"] for _, c in reals])).float()
+    else:
+        controls = lambda k: None
+    scores = {name: {metric: np.zeros((seeds, chunks)) for metric in METRICS}
+              for name in ["real", *models]}
+    shown = {name: [] for name in ["real", *models]}  # seed 0's frames, for the video
+    for name in ["real", *models]:  # per clip, uint8 frames of every seed
+        if name == "real":  # the real video scored against itself: the ideal values
+            fakes = ([c[k]["frames"] for _, c in reals] for k in range(chunks))
+        else:
+            model = models[name]
+            device = next(model.parameters()).device
+            gen = torch.Generator().manual_seed(0)  # the same noise for every model
+            clips = rollout(model, first.to(device), None if anchor is None else anchor.to(device),
+                            prompts, controls, chunks, gen, **sampling)
+            fakes = ([to_uint8(video) for video in clip] for clip in clips)
+        for k, fake in enumerate(fakes):
+            for s in range(seeds):
+                real = reals[s][1][k]
+                for metric, value in score_clip(fake[s], real["frames"], real["background"],
+                                                real.get("control")).items():
+                    scores[name][metric][s, k] = value
+            shown[name].append(fake[0])
+    if video_path:
+        writer = VideoWriter(video_path)
+        for k in range(chunks):  # real | each method, side by side
+            writer.write(np.concatenate([shown[name][k] for name in shown], axis=2))
+        writer.close()
+    return scores
+
+
+# -----------------------------------------------------------------------------
+# Summaries: a markdown table and curves
+
+def summary(values):
+    """values [seeds, chunks] -> mean over clips and seeds, its 95% interval over seeds, the
+    first and last clip (means over seeds). NaN (nothing to measure) is left out."""
+    with warnings.catch_warnings():  # the mean of nothing is NaN, as meant
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_seed = np.nanmean(values, axis=1)
+        first, last = np.nanmean(values[:, 0]), np.nanmean(values[:, -1])
+    per_seed = per_seed[~np.isnan(per_seed)]
+    if len(per_seed) == 0:
+        return None
+    half = 1.96 * per_seed.std(ddof=1) / np.sqrt(len(per_seed)) if len(per_seed) > 1 else 0.0
+    return per_seed.mean(), half, first, last
+
+
+def table(scores, setting, chunks) -> str:
+    lines = [f"### {setting}", "",
+             f"| metric | method | mean [95% interval] | clip 1 | clip {chunks} | drift |",
+             "|---|---|---|---|---|---|"]
+    for metric in METRICS:
+        for name, by_metric in scores.items():
+            s = summary(by_metric[metric])
+            if s is not None:
+                mean, half, first, last = s
+                lines.append(f"| {metric} | {name} | {mean:.3f} [{mean - half:.3f}, "
+                             f"{mean + half:.3f}] | {first:.3f} | {last:.3f} | "
+                             f"{last - first:+.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(all_scores, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(all_scores), len(METRICS), squeeze=False,
+                             figsize=(2.6 * len(METRICS), 2.4 * len(all_scores)))
+    for row, (setting, scores) in zip(axes, all_scores.items()):
+        for ax, metric in zip(row, METRICS):
+            for name, by_metric in scores.items():
+                curve = by_metric[metric]
+                if not np.isnan(curve).all():
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", RuntimeWarning)
+                        mean = np.nanmean(curve, axis=0)
+                    ax.plot(np.arange(1, curve.shape[1] + 1), mean, label=name)
+            ax.set_title(f"{setting}: {metric}", fontsize=8)
+            ax.set_xlabel("clip", fontsize=7)
+            ax.tick_params(labelsize=6)
+    axes[0, 0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
+                   help="a checkpoint to score (repeat the flag for several)")
+    p.add_argument("--setting", choices=["all", *SETTINGS], default="all")
+    p.add_argument("--seeds", type=int, default=16, help="rollouts (worlds) per setting")
+    p.add_argument("--chunks", type=int, default=50, help="clips per rollout")
+    p.add_argument("--event-every", type=int, default=5, help="clips between scene events")
+    p.add_argument("--steps", type=int, default=20, help="Euler steps per clip")
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--out", default="eval_out", help="folder for results.md, curves.png, video")
+    p.add_argument("--quick", action="store_true", help="2 seeds, 3 clips, 2 steps (for tests)")
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.chunks, args.steps = 2, 3, 2
+    return args
+
+
+def main(args):
+    problems = [f"--{n} must be positive" for n in ("seeds", "chunks", "event_every", "steps")
+                if getattr(args, n) <= 0]
+    named = [c.split("=", 1) if "=" in c else [os.path.basename(os.path.dirname(c)) or c, c]
+             for c in args.ckpt]
+    if not named:
+        problems.append("give at least one --ckpt NAME=PATH")
+    problems += [f"--ckpt {path}: no such file" for _, path in named if not os.path.isfile(path)]
+    if len({name for name, _ in named}) < len(named):
+        problems.append("--ckpt names must differ")
+    if problems:
+        print("error: " + "\nerror: ".join(problems), file=sys.stderr)
+        sys.exit(2)
+    models = {}
+    for name, path in named:
+        try:
+            model, ckpt = from_checkpoint(path, device=args.device)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        model.motion_frames = ckpt["train_cfg"]["motion_frames"]
+        model.shift = ckpt["train_cfg"]["shift"]
+        models[name] = model
+    some = next(iter(models.values()))
+    sampling = dict(steps=args.steps, shift=some.shift, guidance=args.guidance)
+    os.makedirs(args.out, exist_ok=True)
+    settings = SETTINGS if args.setting == "all" else [args.setting]
+    all_scores, report = {}, []
+    for setting in settings:
+        video = os.path.join(args.out, f"side_by_side_{setting}.mp4")
+        all_scores[setting] = evaluate(models, setting, args.seeds, args.chunks, args.event_every,
+                                       sampling, video)
+        report.append(table(all_scores[setting], setting, args.chunks))
+        print(report[-1], flush=True)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(f"{args.seeds} seeds x {args.chunks} clips, {args.steps} Euler steps, guidance "
+                f"{args.guidance}; checkpoints: {', '.join(args.ckpt)}\n\n" + "\n".join(report))
+    plot(all_scores, os.path.join(args.out, "curves.png"))
+    return all_scores
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,119 @@
+"""The drift metrics, on hand-built videos whose right value is known.
+Run: python -m pytest tests/test_eval.py"""
+import os
+
+import numpy as np
+import pytest
+
+import eval as drift
+from data import BACKGROUNDS, COLOURS, ShapesWorld
+
+RED, BLUE = np.array(COLOURS["red"], np.uint8), np.array(COLOURS["blue"], np.uint8)
+BLACK = np.array(BACKGROUNDS["black"], np.uint8)
+
+
+def squares(positions, colours=(RED, BLUE), frames=6, size=32, side=5):
+    """Frames of squares at positions[t][i] (top-left x, y) on black: uint8 [T, H, W, 3]."""
+    video = np.zeros((frames, size, size, 3), np.uint8)
+    for t in range(frames):
+        for (x, y), colour in zip(positions(t), colours):
+            video[t, y:y + side, x:x + side] = colour
+    return video
+
+
+def moving(t):  # two squares at constant velocity, no bounce
+    return [(2 + 2 * t, 3), (20, 4 + t)]
+
+
+def score(fake, real, **kw):
+    return drift.score_clip(fake, real, background=0, **kw)  # 0: black
+
+
+def test_components_count_blobs_and_their_centroids():
+    mask = np.zeros((10, 10), bool)
+    mask[1:3, 1:4] = True    # 6 pixels, centroid (x 2.5, y 2.0): pixel i spans [i, i + 1)
+    mask[6:9, 6:9] = True    # 9 pixels
+    blobs = sorted(drift.components(mask))
+    assert [b[0] for b in blobs] == [6, 9]
+    assert np.allclose(blobs[0][1], (2.5, 2.0)) and np.allclose(blobs[1][1], (7.5, 7.5))
+
+
+def test_the_real_video_scores_ideal():
+    real = squares(moving)
+    s = score(real, real)
+    assert s["palette"] == s["count"] == s["colours"] == s["background"] == 0
+    assert s["sharpness"] == s["motion"] == 1 and s["dynamics"] == pytest.approx(0, abs=1e-9)
+    world = ShapesWorld(3, n_shapes=3)
+    frames = world.frames(8)
+    s = score(frames, frames)  # a world frame: its own background
+    assert s["palette"] == 0 and s["count"] == 0 and s["colours"] == 0
+
+
+def test_growing_noise_and_colour_cast_score_monotonically_worse():
+    real = squares(moving)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=real.shape)
+    palette, background = [], []
+    for level in (0, 25, 40, 60, 90):
+        noisy = np.clip(real + level * noise, 0, 255).astype(np.uint8)
+        palette.append(score(noisy, real)["palette"])
+        cast = np.clip(real.astype(int) + [level, level // 2, 0], 0, 255).astype(np.uint8)
+        background.append(score(cast, real)["background"])
+    assert all(a < b for a, b in zip(palette, palette[1:])), palette
+    assert all(a < b for a, b in zip(background, background[1:])), background
+
+
+def test_lost_split_and_recoloured_shapes():
+    real = squares(moving)
+    lost = squares(moving, colours=(RED,))  # the blue square is gone
+    assert score(lost, real)["count"] == 1 and score(lost, real)["colours"] == 1
+    split = squares(lambda t: moving(t) + [(2 + 2 * t, 20)], colours=(RED, BLUE, RED))
+    assert score(split, real)["count"] == 1 and score(split, real)["colours"] == 0
+    recoloured = squares(moving, colours=(RED, np.array(COLOURS["green"], np.uint8)))
+    assert score(recoloured, real)["colours"] == 2 and score(recoloured, real)["count"] == 0
+
+
+def test_frozen_and_blurred_videos():
+    real = squares(moving)
+    frozen = np.repeat(real[:1], len(real), axis=0)
+    assert score(frozen, real)["motion"] == 0
+    blurred = real.astype(float)
+    blurred[:, 1:-1] = (blurred[:, :-2] + blurred[:, 1:-1] + blurred[:, 2:]) / 3
+    assert score(blurred.astype(np.uint8), real)["sharpness"] < 0.8
+
+
+def test_dynamics_residual_sees_jitter():
+    real = squares(moving)
+    jitter = squares(lambda t: [(2 + 2 * t + (t % 2) * 2, 3), (20, 4 + t)])
+    assert score(jitter, real)["dynamics"] == pytest.approx((4 * 1 + 0) / 2, abs=1e-6)
+
+
+def test_control_error_is_the_distance_to_the_keypoint():
+    real = squares(moving)
+    red = list(COLOURS).index("red")
+    centres = np.array([(2 + 2 * t + 2.5, 3 + 2.5) for t in range(6)])  # the red square's centre
+    assert score(real, real, control=(red, centres))["control"] == pytest.approx(0)
+    assert score(real, real, control=(red, centres + [3, 4]))["control"] == pytest.approx(5)
+    lost = squares(moving, colours=(BLUE,))
+    assert score(lost, real, control=(red, centres))["control"] == 16  # half the frame
+
+
+def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
+    out = tmp_path / "eval"
+    scores = drift.main(drift.parse_args(["--quick", "--ckpt", f"base={base_ckpt}",
+                                          "--out", str(out)]))
+    for setting in drift.SETTINGS:
+        assert scores[setting]["base"]["palette"].shape == (2, 3)
+        assert (scores[setting]["real"]["palette"] == 0).all()
+        assert os.path.getsize(out / f"side_by_side_{setting}.mp4") > 0
+    results = (out / "results.md").read_text()
+    assert "### creative" in results and "| palette | base |" in results
+    assert os.path.getsize(out / "curves.png") > 0
+    assert not np.isnan(scores["conditional"]["base"]["control"]).any()
+
+
+def test_bad_eval_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        drift.main(drift.parse_args(["--ckpt", "x=missing.pt", "--seeds", "0"]))
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "no such file" in err and "--seeds must be positive" in err
