@@ -17,7 +17,7 @@ network:
   colours     shape colours missing or extra against the real frame (the prompt)  ideal 0
   background  distance of the frame's median colour to the prompt's background    ideal 0
   sharpness   RMS spatial gradient / the real frames'                             ideal 1
-  motion      mean frame-to-frame change / the real frames' (frozen video: 0)     ideal 1
+  motion      centroid speed of the shapes / the real frames' (frozen video: 0)   ideal 1
   dynamics    centroid acceleration, pixels/frame^2 (constant velocity: 0)        ideal ~0
   control     distance of shape 0 to its control keypoint, pixels (conditional)   ideal 0
 
@@ -54,45 +54,52 @@ def nearest_palette(frames):
 
 
 def components(mask):
-    """Connected blobs (4-neighbours) of a boolean image [H, W]: a list of pixel counts and
-    centroids (x, y), by propagating the smallest label until nothing changes."""
-    H, W = mask.shape
-    big = H * W
-    labels = np.where(mask, np.arange(big).reshape(H, W), big)
-    while True:
-        padded = np.pad(labels, 1, constant_values=big)
-        neighbours = np.stack([padded[1:-1, 1:-1], padded[:-2, 1:-1], padded[2:, 1:-1],
-                               padded[1:-1, :-2], padded[1:-1, 2:]])  # [5, H, W]
-        new = np.where(mask, neighbours.min(0), big)
-        if np.array_equal(new, labels):
-            break
-        labels = new
-    ys, xs = np.mgrid[0:H, 0:W]
+    """Connected blobs (4-neighbours) of a boolean image [H, W]: [(pixel count, centroid (x, y))],
+    with pixel i spanning [i, i + 1). A flood fill over the set pixels only."""
+    todo = set(zip(*(a.tolist() for a in np.nonzero(mask))))
     blobs = []
-    for label in np.unique(labels[mask]):
-        where = labels == label
-        blobs.append((int(where.sum()), (xs[where].mean() + 0.5, ys[where].mean() + 0.5)))
+    while todo:
+        stack, pixels = [todo.pop()], []
+        while stack:
+            y, x = stack.pop()
+            pixels.append((y, x))
+            for near in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+                if near in todo:
+                    todo.remove(near)
+                    stack.append(near)
+        ys, xs = np.array(pixels, dtype=np.float64).T
+        blobs.append((len(pixels), (xs.mean() + 0.5, ys.mean() + 0.5)))
     return blobs
 
 
-def objects(frame):
-    """Per shape colour index: the blobs of that colour ([(area, centroid)], small ones out)."""
-    index, dist = nearest_palette(frame[None])
-    out = {}
-    for c in range(len(COLOURS)):
-        blobs = [b for b in components((index[0] == c) & (dist[0] <= OFF_PALETTE))
-                 if b[0] >= MIN_AREA]
-        if blobs:
-            out[c] = blobs
+def objects(frames):
+    """Per frame, per shape colour index found: its blobs [(area, centroid)], small ones out."""
+    index, dist = nearest_palette(frames)
+    out = []
+    for i, d in zip(index, dist):
+        found = {}
+        for c in np.unique(i[d <= OFF_PALETTE]).tolist():
+            if c < len(COLOURS):
+                blobs = [b for b in components((i == c) & (d <= OFF_PALETTE)) if b[0] >= MIN_AREA]
+                if blobs:
+                    found[c] = blobs
+        out.append(found)
     return out
+
+
+def centroid_steps(found, lag):
+    """Per colour seen as exactly one blob in frames j - lag .. j: its centroids, [(c0, ..)]."""
+    single = [{c: b[0][1] for c, b in f.items() if len(b) == 1} for f in found]
+    return [[np.array(single[j - i][c]) for i in range(lag, -1, -1)]
+            for j in range(lag, len(single)) for c in set.intersection(
+                *(set(single[j - i]) for i in range(lag + 1)))]
 
 
 def score_clip(fake, real, background, control=None):
     """All metrics of one clip: fake and real uint8 [T, H, W, 3], the prompt's background index,
     and (colour index of shape 0, its keypoints [T, 2] in pixels) or None. -> {metric: value}"""
     _, dist = nearest_palette(fake)
-    found = [objects(f) for f in fake]
-    wanted = [objects(r) for r in real]
+    found, wanted = objects(fake), objects(real)
     count = np.mean([abs(sum(map(len, f.values())) - sum(map(len, w.values())))
                      for f, w in zip(found, wanted)])
     colours = np.mean([len(set(f) ^ set(w)) for f, w in zip(found, wanted)])
@@ -101,16 +108,15 @@ def score_clip(fake, real, background, control=None):
     # sharpness: root-mean-square spatial gradient (a blur spreads an edge and lowers it)
     gradient = lambda v: np.sqrt(sum((np.diff(v.astype(np.float32), axis=a) ** 2).mean()
                                      for a in (1, 2)))
-    change = lambda v: np.abs(np.diff(v.astype(np.float32), axis=0)).mean()
-    centroids = [{c: b[0][1] for c, b in f.items() if len(b) == 1} for f in found]
-    accel = [np.linalg.norm(np.subtract(c2[c], c1[c]) - np.subtract(c1[c], c0[c]))
-             for c0, c1, c2 in zip(centroids, centroids[1:], centroids[2:])
-             for c in set(c0) & set(c1) & set(c2)]
+    # motion: how far the shapes' centroids move per frame (speckle does not count)
+    speed = lambda f: np.mean([np.linalg.norm(b - a) for a, b in centroid_steps(f, 1)] or [0.0])
+    accel = [np.linalg.norm(c - 2 * b + a) for a, b, c in centroid_steps(found, 2)]
+    real_speed = speed(wanted)
     scores = dict(palette=float((dist > OFF_PALETTE).mean()), count=float(count),
                   colours=float(colours),
                   background=float(np.linalg.norm(median - bg, axis=1).mean() / 255),
                   sharpness=gradient(fake) / max(gradient(real), 1e-6),
-                  motion=change(fake) / max(change(real), 1e-6),
+                  motion=speed(found) / real_speed if real_speed > 0 else float("nan"),
                   dynamics=float(np.mean(accel)) if accel else float("nan"),
                   control=float("nan"))
     if control is not None:  # shape 0: its colour's largest blob against the keypoint
