@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -237,6 +238,7 @@ class VideoDiT(nn.Module):
         self.final_layer = nn.Linear(D, pt * ps * ps * C)
         grid = (cfg.frames // pt, cfg.resolution // ps, cfg.resolution // ps)
         self.register_buffer("pos", position_embedding(*grid, D), persistent=False)
+        self.grad_ckpt = False  # recompute blocks in backward (train.py --grad-ckpt)
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -276,7 +278,10 @@ class VideoDiT(nn.Module):
         x = x.view(B, -1, x.shape[-1])                                  # [B, N, D]
         c = self.t_embedder(t) + self.text_encoder(text_ids, text_mask)  # [B, D]
         for block in self.blocks:
-            x = block(x, c)
+            if self.grad_ckpt and torch.is_grad_enabled():
+                x = checkpoint(block, x, c, use_reentrant=False)
+            else:
+                x = block(x, c)
         shift, scale = self.adaLN_out(c)[:, None].chunk(2, dim=-1)      # 2 x [B, 1, D]
         x = self.final_layer(modulate(self.norm_out(x), shift, scale))  # [B, N, pt * ps * ps * C]
         return unpatchify(x, C, T, H, W, pt, ps)

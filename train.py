@@ -54,6 +54,8 @@ class TrainConfig:
     # optimisation
     steps: int = 1600             # total optimiser steps
     batch_size: int = 16          # clips per step, over all ranks
+    micro_batch: int = 0          # clips per forward pass on a rank (0: all of the rank's share);
+                                  # gradients accumulate over batch_size / (ranks x micro_batch)
     lr: float = 1.5e-3            # peak learning rate (AdamW)
     warmup: int = 100             # linear warm-up steps, then cosine decay to lr / 10
     weight_decay: float = 0.0
@@ -86,6 +88,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"          # auto, cpu, cuda
     compile: bool = False         # torch.compile the model (CUDA)
+    grad_ckpt: bool = False       # recompute each block in the backward pass (saves memory)
     log_every: int = 50
     sample_every: int = 500
     ckpt_every: int = 500
@@ -191,6 +194,28 @@ def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
     iio.imwrite(path.replace(".gif", ".png"), strip.repeat(2, 0).repeat(2, 1))
 
 
+def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device):
+    """n training clips and everything drawn for them: x0, noise, t, the condition (motion frames,
+    then the anchor, a random frame of the clip, or zeros in film mode), prompt tokens (dropped
+    with p_uncond) and the control stream."""
+    T, m = cfg.frames, cfg.motion_frames
+    video, prompts, control = source.clips(n, T, rng)
+    x0, control = video.to(device), control.to(device)
+    film = torch.from_numpy(rng.random(n) < cfg.p_film).to(device)
+    anchor = x0[torch.arange(n), :, torch.from_numpy(rng.integers(T, size=n))]  # [B, C, H, W]
+    anchor = anchor * (~film).float().view(-1, 1, 1, 1)
+    cond = condition(x0[:, :, :m], anchor, T)                        # [B, C + 1, T, H, W]
+    if cfg.cond_noise > 0:  # the handcrafted baseline: noisy motion frames, clean target
+        sigma = cfg.cond_noise * torch.rand(n, generator=gen).view(-1, 1, 1, 1, 1)
+        cond[:, 1:, :m] += sigma.to(device) * torch.randn(cond[:, 1:, :m].shape,
+                                                          generator=gen).to(device)
+    prompts = ["" if u < cfg.p_uncond else p for u, p in zip(rng.random(n), prompts)]
+    ids, mask = (x.to(device) for x in tokenize(prompts, text_len))
+    t = sample_t(n, gen, cfg.shift).to(device)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    return x0, noise, t, cond, ids, mask, control
+
+
 def main(cfg: TrainConfig):
     check(cfg)
     # --- processes and devices: plain python, or torchrun (DDP) ---
@@ -207,8 +232,11 @@ def main(cfg: TrainConfig):
     else:
         rank, world = 0, 1
     master = rank == 0
-    assert cfg.batch_size % world == 0, f"--batch-size {cfg.batch_size} must divide by {world}"
-    batch = cfg.batch_size // world
+    micro = cfg.micro_batch or cfg.batch_size // world
+    if cfg.batch_size % (world * micro):
+        fail([f"--batch-size {cfg.batch_size} must divide by {world} rank(s) x --micro-batch "
+              f"{micro}"])
+    accum = cfg.batch_size // (world * micro)  # micro-batches per rank and step
     if "cuda" in device:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -263,6 +291,7 @@ def main(cfg: TrainConfig):
             bank_noise.load_state_dict(ckpt["bank_noise"])
         step = ckpt["step"]
     del ckpt
+    model.grad_ckpt = cfg.grad_ckpt
     net = torch.compile(model) if cfg.compile else model
     net = DistributedDataParallel(net) if ddp else net
     if master:
@@ -272,57 +301,50 @@ def main(cfg: TrainConfig):
     log = open(os.path.join(cfg.out, "log.jsonl"), "a") if master else None
 
     # --- the loop ---
-    T, m = cfg.frames, cfg.motion_frames
+    m = cfg.motion_frames
     losses, t0 = [], time.time()
     while step < cfg.steps:
-        rng = np.random.default_rng([cfg.seed, step, rank])  # everything random of this step
-        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        video, prompts, control = source.clips(batch, T, rng)
-        x0, control = video.to(device), control.to(device)
-        # the condition: motion frames, then the anchor (a random frame of the clip) or zeros
-        film = torch.from_numpy(rng.random(batch) < cfg.p_film).to(device)
-        anchor = x0[torch.arange(batch), :, torch.from_numpy(rng.integers(T, size=batch))]
-        anchor = anchor * (~film).float().view(-1, 1, 1, 1)             # [B, C, H, W]
-        cond = condition(x0[:, :, :m], anchor, T)                        # [B, C + 1, T, H, W]
-        if cfg.cond_noise > 0:  # the handcrafted baseline: noisy motion frames, clean target
-            sigma = cfg.cond_noise * torch.rand(batch, generator=gen).view(-1, 1, 1, 1, 1)
-            cond[:, 1:, :m] += sigma.to(device) * torch.randn(cond[:, 1:, :m].shape,
-                                                              generator=gen).to(device)
-        prompts = ["" if u < cfg.p_uncond else p for u, p in zip(rng.random(batch), prompts)]
-        ids, mask = (x.to(device) for x in tokenize(prompts, model_cfg.text_len))
-        t = sample_t(batch, gen, cfg.shift).to(device)
-        noise = torch.randn(x0.shape, generator=gen).to(device)
-        if cfg.erft:  # error recycling: inputs with the model's own errors, target still clean
-            x_t, v_target, cond, clean = inject(x0, noise, cond, t, bank_vid, bank_noise, gen,
-                                                cfg.p_img, cfg.p_vid, cfg.p_noise, cfg.p_clean, m)
-        else:
-            x_t, v_target = interpolate(x0, noise, t), velocity_target(x0, noise)
         lr = get_lr(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with autocast:
-            v_hat = net(x_t, t, cond, ids, mask, control)
-        loss = flow_loss(v_hat, v_target)
-        if not torch.isfinite(loss):
-            raise SystemExit(f"error: loss is {loss.item()} at step {step}; "
-                             f"the last good checkpoint is kept in {ckpt_path}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, errors = 0.0, []
+        for i in range(accum):  # micro-batch i of this rank: shard rank * accum + i of the batch
+            rng = np.random.default_rng([cfg.seed, step, rank * accum + i])  # all its randomness
+            gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+            x0, noise, t, cond, ids, mask, control = make_batch(source, cfg, micro, rng, gen,
+                                                                model_cfg.text_len, device)
+            if cfg.erft:  # error recycling: inputs with the model's own errors, target clean
+                x_t, v_target, cond, clean = inject(x0, noise, cond, t, bank_vid, bank_noise, gen,
+                                                    cfg.p_img, cfg.p_vid, cfg.p_noise,
+                                                    cfg.p_clean, m)
+            else:
+                x_t, v_target = interpolate(x0, noise, t), velocity_target(x0, noise)
+            last = i == accum - 1  # DDP averages the gradients over ranks on the last only
+            with nullcontext() if last or not ddp else net.no_sync():
+                with autocast:
+                    v_hat = net(x_t, t, cond, ids, mask, control)
+                micro_loss = flow_loss(v_hat, v_target)
+                if not torch.isfinite(micro_loss):
+                    raise SystemExit(f"error: loss is {micro_loss.item()} at step {step}; "
+                                     f"the last good checkpoint is kept in {ckpt_path}")
+                (micro_loss / accum).backward()
+            loss += micro_loss.item() / accum
+            if cfg.erft:  # this step's errors; those of clean samples only now and then
+                keep = ~clean.cpu() | (torch.rand(micro, generator=gen) < cfg.p_bank_clean)
+                errors.append((*one_step_errors(v_hat.detach(), v_target, t), t, keep))
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         update_ema(ema, model, min(cfg.ema, (1 + step) / (10 + step)))
-        if cfg.erft:  # bank this step's errors: those of clean steps only now and then
-            e_vid, e_noise = one_step_errors(v_hat.detach(), v_target, t)
-            keep = ~clean.cpu() | (torch.rand(batch, generator=gen) < cfg.p_bank_clean)
+        if cfg.erft:  # bank them, after the update, in shard order
+            e_vid, e_noise, t, keep = (torch.cat(x) for x in zip(*errors))
             if ddp and step < cfg.warmup_gather:
-                e_vid, e_noise, t_all, keep = gather_from_ranks(
+                e_vid, e_noise, t, keep = gather_from_ranks(
                     e_vid.to(device), e_noise.to(device), t, keep.to(device, torch.uint8))
-            else:
-                t_all = t
             keep = keep.cpu().bool()
-            bank_vid.add(e_vid.cpu()[keep], t_all.cpu()[keep])
-            bank_noise.add(e_noise.cpu()[keep], t_all.cpu()[keep])
-        losses.append(loss.item())
+            bank_vid.add(e_vid.cpu()[keep], t.cpu()[keep])
+            bank_noise.add(e_noise.cpu()[keep], t.cpu()[keep])
+        losses.append(loss)
         step += 1
 
         # --- logging, samples, checkpoints (rank 0) ---

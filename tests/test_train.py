@@ -154,3 +154,47 @@ def test_torchrun_banks_errors_of_both_ranks_during_warmup(tmp_path, base_ckpt):
         assert int(ckpt["bank_noise"]["count"].sum()) == counts[gather]
     # 2 steps x 2 clips per rank: rank 0 holds its own 4 errors, or all 8 when gathering
     assert counts == {2: 8, 0: 4}
+
+
+def test_two_ranks_make_the_same_update_as_one_process_with_the_whole_batch(tmp_path, base_ckpt):
+    common = ["train.py", "--init-from", base_ckpt, "--steps", "2", "--batch-size", "4",
+              "--frames", "4", "--resolution", "16", "--sample-every", "100", "--device", "cpu",
+              "--lr", "1e-2", "--warmup", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    port = str(29000 + os.getpid() % 500)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                    "--master_port", port, *common, "--out", str(tmp_path / "ddp")],
+                   cwd=ROOT, check=True, env=env, capture_output=True, timeout=300)
+    # one process, the same 4 clips as two micro-batches of 2 (the ranks' shards), accumulated
+    subprocess.run([sys.executable, *common, "--micro-batch", "2", "--out", str(tmp_path / "one")],
+                   cwd=ROOT, check=True, env=env, capture_output=True, timeout=300)
+    ddp, one = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True)["model"]
+                for d in ("ddp", "one"))
+    base = torch.load(base_ckpt, weights_only=True)["ema"]
+    assert any(not torch.equal(one[k], base[k]) for k in one)  # the weights did move
+    for name in one:
+        torch.testing.assert_close(ddp[name], one[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from model import DiTConfig, VideoDiT, condition, tokenize
+    torch.manual_seed(0)
+    model = VideoDiT(DiTConfig(width=64, depth=2, frames=4, resolution=16))
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(2, 3, 4, 16, 16)
+    cond = condition(x[:, :, :2], None, 4)
+    grads = []
+    for ckpt in (False, True):
+        model.grad_ckpt = ckpt
+        model.zero_grad()
+        model(x, torch.rand(2, generator=torch.Generator().manual_seed(1)), cond,
+              *tokenize(["a", "b"], 64)).square().mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_noise_augmented_baseline_trains(tmp_path):
+    model, _, _, _ = train.main(tiny_config(tmp_path, cond_noise=0.3))
+    assert os.path.exists(tmp_path / "ckpt.pt")
