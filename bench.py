@@ -1,21 +1,77 @@
 """
-bench.py: speed ratios of svi, measured side by side in one run (never across runs).
+bench.py: speed and memory of svi, as ratios measured side by side in one run.
 
-    python bench.py            # ERFT step / plain fine-tuning step at the default config (T)
+    python bench.py            # about 6 minutes on a 2-core CPU
+    python bench.py --quick    # a smoke run (seconds), figures not meaningful
 
-Each round trains a plain fine-tune and an ERFT fine-tune from the same base for the same steps,
-alternating, and reads the seconds per step of the last half (when the banks are full and every
-new error goes through the L2 replacement, the costliest case). The ratio of the medians is the
-cost of error recycling.
+It prints:
+1. training clips/s and achieved FLOP/s at presets T and S (FLOPs of a real training step counted
+   by torch.utils.flop_counter), against the fp32 matmul FLOP/s of this machine in the same run:
+   the CPU analogue of MFU;
+2. ERFT step / plain fine-tuning step: both fine-tune the same base, alternated, timed over the
+   last half of their steps, when the banks are full and every new error goes through the L2
+   replacement (the costliest case);
+3. sample.py seconds per clip at clip 200 / at clip 5;
+4. peak resident memory of a 200-clip rollout / a 10-clip rollout (sample.py, own processes);
+5. the error banks' memory in bytes against the bound their configuration sets.
 """
 import argparse
 import json
 import os
+import subprocess
+import sys
 import tempfile
+import time
 
 import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 import train
+from data import ShapesSource, ShapesWorld, to_unit
+from flow import flow_loss, interpolate, velocity_target
+from model import PRESETS, DiTConfig, VideoDiT, from_checkpoint
+from sample import rollout
+
+
+def matmul_flops(n=1024, repeats=20) -> float:
+    """fp32 FLOP/s of a square matmul, the best of a few timings."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def training_speed(preset: str, batch: int, steps: int):
+    """Clips/s and FLOP/s of full training steps (data, forward, backward, AdamW)."""
+    cfg = train.TrainConfig(preset=preset, batch_size=batch)
+    model = VideoDiT(DiTConfig(frames=cfg.frames, resolution=cfg.resolution, **PRESETS[preset]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    source = ShapesSource(cfg.resolution, cfg.motion_frames)
+
+    def step(i):
+        rng = np.random.default_rng([0, i])
+        gen = torch.Generator().manual_seed(i)
+        x0, noise, t, cond, ids, mask, control = train.make_batch(
+            source, cfg, batch, rng, gen, model.cfg.text_len, "cpu")
+        v_hat = model(interpolate(x0, noise, t), t, cond, ids, mask, control)
+        loss = flow_loss(v_hat, velocity_target(x0, noise))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    with FlopCounterMode(display=False) as counter:
+        step(0)
+    flops = counter.get_total_flops()
+    step(1)  # warm-up
+    start = time.perf_counter()
+    for i in range(steps):
+        step(2 + i)
+    seconds = (time.perf_counter() - start) / steps
+    return batch / seconds, flops / seconds, model.num_params()
 
 
 def seconds_per_step(out, **flags):
@@ -25,24 +81,90 @@ def seconds_per_step(out, **flags):
     return records[-1]["sec_per_step"]
 
 
+def clip_times(ckpt: str, chunks: int):
+    """Seconds of each clip of one rollout (shot mode, batch 1, 20 Euler steps)."""
+    model, ck = from_checkpoint(ckpt)
+    m = ck["train_cfg"]["motion_frames"]
+    world = ShapesWorld(0, model.cfg.resolution)
+    first = to_unit(world.frames(m))[None]  # [1, C, m, H, W]
+    clips = rollout(model, first, first[:, :, 0], lambda k: [world.prompt()], lambda k: None,
+                    chunks, torch.Generator().manual_seed(0), steps=20)
+    times, start = [], time.perf_counter()
+    for _ in clips:
+        times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+    return np.array(times)
+
+
+def peak_memory(ckpt: str, chunks: int, out: str) -> int:
+    """Peak resident memory (bytes) of `python sample.py --chunks N` in its own process."""
+    # VmHWM, the high-water mark of this process's own memory (ru_maxrss would carry over the
+    # parent's resident pages at fork)
+    code = ("import sys, sample; sample.main(sample.parse_args(sys.argv[1:])); "
+            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
+    result = subprocess.run([sys.executable, "-c", code, "--ckpt", ckpt, "--chunks", str(chunks),
+                             "--out", out], capture_output=True, text=True, check=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__)))
+    return int(result.stdout.strip().splitlines()[-1]) * 1024  # in KiB
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--steps", type=int, default=80, help="steps per measured run")
-    p.add_argument("--rounds", type=int, default=2)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
     args = p.parse_args()
+    q = args.quick
+    torch.manual_seed(0)
+    lines = []
+    say = lambda text: (print(text, flush=True), lines.append(text))
+
+    # 1. training throughput against this machine's matmul speed
+    peak = matmul_flops(256 if q else 1024, 3 if q else 20)
+    say(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    for preset, batch, steps in (("T", 16, 2 if q else 20), ("S", 8, 1 if q else 4)):
+        clips, flops, params = training_speed(preset, batch, steps)
+        say(f"training preset {preset} ({params / 1e6:.1f}M parameters, batch {batch}): "
+            f"{clips:.1f} clips/s, {flops / 1e9:.1f} GFLOP/s = {flops / peak:.0%} of matmul")
+
     with tempfile.TemporaryDirectory() as tmp:
         base = os.path.join(tmp, "base")
         train.main(train.TrainConfig(out=base, steps=1, sample_every=10 ** 6))
         init = os.path.join(base, "ckpt.pt")
-        half = args.steps // 2
+
+        # 2. the cost of error recycling
+        steps = 8 if q else 80
         plain, erft = [], []
-        for r in range(args.rounds):
-            plain.append(seconds_per_step(os.path.join(tmp, f"plain{r}"), init_from=init,
-                                          steps=args.steps, log_every=half))
-            erft.append(seconds_per_step(os.path.join(tmp, f"erft{r}"), init_from=init,
-                                         steps=args.steps, log_every=half, erft=True))
-    print(f"plain fine-tuning step: {np.median(plain):.3f} s   ERFT step: {np.median(erft):.3f} s"
-          f"   ERFT / plain: {np.median(erft) / np.median(plain):.3f}")
+        for r in range(1 if q else 2):
+            common = dict(init_from=init, steps=steps, log_every=steps // 2)
+            plain.append(seconds_per_step(os.path.join(tmp, f"plain{r}"), **common))
+            erft.append(seconds_per_step(os.path.join(tmp, f"erft{r}"), erft=True, **common))
+        say(f"fine-tuning step: plain {np.median(plain):.3f} s, ERFT {np.median(erft):.3f} s, "
+            f"ERFT / plain = {np.median(erft) / np.median(plain):.3f}")
+
+        # 3. and 4. long rollouts: time per clip and memory stay flat
+        long, short = (12, 3) if q else (200, 10)
+        times = clip_times(init, long)
+        late, early = np.median(times[-5:]), np.median(times[2:7] if not q else times[:3])
+        say(f"sampling: {early:.3f} s per clip at clip 5, {late:.3f} s at clip {long}, "
+            f"ratio {late / early:.3f}")
+        mem_long = peak_memory(init, long, os.path.join(tmp, "long.mp4"))
+        mem_short = peak_memory(init, short, os.path.join(tmp, "short.mp4"))
+        say(f"peak memory: {mem_short / 2 ** 20:.0f} MiB for {short} clips, "
+            f"{mem_long / 2 ** 20:.0f} MiB for {long}, ratio {mem_long / mem_short:.3f}")
+
+        # 5. the banks against their bound
+        ckpt = torch.load(os.path.join(tmp, "erft0", "ckpt.pt"), weights_only=True)
+        cfg = ckpt["train_cfg"]
+        used = sum(ckpt[b]["errors"].numel() * ckpt[b]["errors"].element_size()
+                   for b in ("bank_vid", "bank_noise"))
+        per_error = 3 * cfg["frames"] * cfg["resolution"] ** 2
+        bound = 2 * cfg["buckets"] * cfg["capacity"] * per_error * \
+            torch.empty(0, dtype=getattr(torch, cfg["bank_dtype"])).element_size()
+        filled = int(ckpt["bank_vid"]["count"].sum() + ckpt["bank_noise"]["count"].sum())
+        say(f"error banks: {used} bytes allocated at the first error ({filled} errors stored) "
+            f"against a bound of "
+            f"2 banks x {cfg['buckets']} buckets x {cfg['capacity']} x {per_error} values x "
+            f"{cfg['bank_dtype']} = {bound} bytes ({used / bound:.2f} of it)")
+    return lines
 
 
 if __name__ == "__main__":

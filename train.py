@@ -50,6 +50,11 @@ class TrainConfig:
     p_control: float = 0.2        # share of world clips whose shape 0 follows a control path
     # model
     preset: str = "T"             # T, S, B, L, XL (model.PRESETS)
+    width: int = 0                # > 0: override the preset's width
+    depth: int = 0                # > 0: override the preset's depth
+    heads: int = 0                # > 0: override the preset's attention heads
+    patch_t: int = 2              # frames per token
+    patch_s: int = 4              # pixels per token side
     lora_rank: int = 0            # > 0: fine-tune low-rank adapters instead of all weights
     # optimisation
     steps: int = 1600             # total optimiser steps
@@ -118,10 +123,14 @@ def check(cfg: TrainConfig):
         problems.append(f"--motion-frames {cfg.motion_frames} must be fewer than --frames")
     if cfg.preset not in PRESETS:
         problems.append(f"--preset {cfg.preset}: choose one of {', '.join(PRESETS)}")
-    patch = DiTConfig()
-    if cfg.frames % patch.patch_t or cfg.resolution % patch.patch_s:
-        problems.append(f"--frames must divide by {patch.patch_t} and --resolution by "
-                        f"{patch.patch_s} (the patch size)")
+    if min(cfg.patch_t, cfg.patch_s) <= 0 or cfg.frames % cfg.patch_t or \
+            cfg.resolution % cfg.patch_s:
+        problems.append(f"--frames must divide by --patch-t {cfg.patch_t} and --resolution by "
+                        f"--patch-s {cfg.patch_s}")
+    if cfg.preset in PRESETS:
+        sizes = model_sizes(cfg)
+        if sizes["width"] % sizes["heads"]:
+            problems.append(f"width {sizes['width']} must divide by heads {sizes['heads']}")
     if cfg.replace not in ("l2", "random", "fifo"):
         problems.append(f"--replace {cfg.replace}: choose l2, random or fifo")
     if cfg.init_from and not os.path.isfile(cfg.init_from):
@@ -140,6 +149,12 @@ def check(cfg: TrainConfig):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"--{name.replace('_', '-')} must be within [0, 1]")
     fail(problems)
+
+
+def model_sizes(cfg: TrainConfig) -> dict:
+    """The preset's width, depth and heads, each overridden by its flag when given."""
+    overrides = {k: getattr(cfg, k) for k in ("width", "depth", "heads") if getattr(cfg, k) > 0}
+    return dict(PRESETS[cfg.preset], **overrides)
 
 
 def fail(problems: list[str]):
@@ -262,7 +277,8 @@ def main(cfg: TrainConfig):
             fail([f"{start} was trained with --frames {model_cfg.frames} --resolution "
                   f"{model_cfg.resolution}; pass the same"])
     else:
-        model_cfg = DiTConfig(frames=cfg.frames, resolution=cfg.resolution, **PRESETS[cfg.preset])
+        model_cfg = DiTConfig(frames=cfg.frames, resolution=cfg.resolution, patch_t=cfg.patch_t,
+                              patch_s=cfg.patch_s, **model_sizes(cfg))
     model = VideoDiT(model_cfg)
     if cfg.init_from and not cfg.resume:
         model.load_state_dict(merged_state_dict(ckpt["ema"]))  # start from the base's EMA

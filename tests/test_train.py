@@ -112,7 +112,9 @@ def test_start_from_an_image_with_a_prompt(tmp_path, base_ckpt):
 @pytest.mark.parametrize("flags, message", [
     (["--steps", "0"], "--steps must be positive"),
     (["--motion-frames", "8"], "fewer than --frames"),
-    (["--resolution", "30"], "divide by"),
+    (["--resolution", "30"], "--resolution by --patch-s 4"),
+    (["--patch-t", "3"], "--frames must divide by --patch-t 3"),
+    (["--width", "100", "--heads", "3"], "width 100 must divide by heads 3"),
     (["--preset", "Q"], "choose one of"),
     (["--init-from", "missing.pt"], "no such file"),
     (["--data", "no/such/folder"], "no such folder"),
@@ -195,6 +197,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b)
 
 
-def test_noise_augmented_baseline_trains(tmp_path):
-    model, _, _, _ = train.main(tiny_config(tmp_path, cond_noise=0.3))
+def test_noise_augmented_baseline_and_size_flags(tmp_path):
+    model, _, _, _ = train.main(tiny_config(tmp_path, cond_noise=0.3, width=32, depth=1,
+                                            heads=1, patch_t=1, patch_s=2))
+    assert (model.cfg.width, model.cfg.depth, model.cfg.patch_t, model.cfg.patch_s) == (32, 1, 1, 2)
     assert os.path.exists(tmp_path / "ckpt.pt")
