@@ -244,6 +244,14 @@ class VideoFolder:
 # -----------------------------------------------------------------------------
 # Writing videos
 
+def writable_folder(path: str) -> bool:
+    """Can a folder be made or written at path? (Its nearest existing ancestor decides.)"""
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return os.path.isdir(path) and os.access(path, os.W_OK)
+
+
 class VideoWriter:
     """Appends uint8 frames [T, H, W, 3] to an .mp4 (ffmpeg) or .gif file as they come, so a
     long video never sits in memory (gif frames are buffered by the encoder: keep gifs short).

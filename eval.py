@@ -32,7 +32,8 @@ import warnings
 import numpy as np
 import torch
 
-from data import BACKGROUNDS, COLOURS, PALETTE, ShapesWorld, VideoWriter, to_uint8, to_unit
+from data import (BACKGROUNDS, COLOURS, PALETTE, ShapesWorld, VideoWriter, to_uint8, to_unit,
+                  writable_folder)
 from model import from_checkpoint
 from sample import rollout
 
@@ -275,6 +276,8 @@ def main(args):
     if not named:
         problems.append("give at least one --ckpt NAME=PATH")
     problems += [f"--ckpt {path}: no such file" for _, path in named if not os.path.isfile(path)]
+    if not writable_folder(args.out):
+        problems.append(f"--out {args.out}: not a writable folder")
     if len({name for name, _ in named}) < len(named):
         problems.append("--ckpt names must differ")
     if problems:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import ShapesWorld, VideoWriter, read_video, to_uint8, to_unit
+from data import ShapesWorld, VideoWriter, read_video, to_uint8, to_unit, writable_folder
 from flow import euler_sample
 from model import condition, from_checkpoint, tokenize
 
@@ -104,9 +104,8 @@ def check_args(args):
         problems.append(f"--control {args.control}: no such file (or use --control world)")
     if args.prompts and os.path.isfile(args.prompts) and not read_lines(args.prompts):
         problems.append(f"--prompts {args.prompts}: the file has no prompt")
-    folder = os.path.dirname(os.path.abspath(args.out))
-    if os.path.isdir(folder) and not os.access(folder, os.W_OK):
-        problems.append(f"--out {args.out}: folder {folder} is not writable")
+    if not writable_folder(os.path.dirname(os.path.abspath(args.out))):
+        problems.append(f"--out {args.out}: not in a writable folder")
     if problems:
         print("error: " + "\nerror: ".join(problems), file=sys.stderr)
         sys.exit(2)

@@ -30,7 +30,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from data import ShapesSource, ShapesWorld, VideoFolder, VideoWriter, to_uint8, to_unit
+from data import (ShapesSource, ShapesWorld, VideoFolder, VideoWriter, to_uint8, to_unit,
+                  writable_folder)
 from errors import ErrorBank, gather_from_ranks, inject, one_step_errors
 from flow import flow_loss, interpolate, sample_t, schedule, velocity_target
 from model import (PRESETS, DiTConfig, VideoDiT, add_lora, condition, load_checkpoint,
@@ -53,6 +54,10 @@ class TrainConfig:
     width: int = 0                # > 0: override the preset's width
     depth: int = 0                # > 0: override the preset's depth
     heads: int = 0                # > 0: override the preset's attention heads
+    mlp_ratio: float = 0.0        # > 0: override the MLP width ratio (4)
+    text_len: int = 0             # > 0: override the prompt bytes kept (64)
+    text_width: int = 0           # > 0: override the text encoder's width (128)
+    text_depth: int = 0           # > 0: override the text encoder's depth (2)
     patch_t: int = 2              # frames per token
     patch_s: int = 4              # pixels per token side
     lora_rank: int = 0            # > 0: fine-tune low-rank adapters instead of all weights
@@ -137,11 +142,8 @@ def check(cfg: TrainConfig):
         problems.append(f"--init-from {cfg.init_from}: no such file")
     if cfg.resume and not os.path.isfile(os.path.join(cfg.out, "ckpt.pt")):
         problems.append(f"--resume: no checkpoint {os.path.join(cfg.out, 'ckpt.pt')}")
-    out = os.path.abspath(cfg.out)
-    while not os.path.exists(out):  # the nearest folder that exists must be writable
-        out = os.path.dirname(out)
-    if not os.access(out, os.W_OK) or not os.path.isdir(out):
-        problems.append(f"--out {cfg.out}: {out} is not a writable folder")
+    if not writable_folder(cfg.out):
+        problems.append(f"--out {cfg.out}: not a writable folder")
     if cfg.data != "shapes" and not os.path.isdir(cfg.data):
         problems.append(f"--data {cfg.data}: no such folder (or use --data shapes)")
     for name in ("p_film", "p_event", "p_control", "p_uncond", "p_img", "p_vid", "p_noise",
@@ -152,9 +154,9 @@ def check(cfg: TrainConfig):
 
 
 def model_sizes(cfg: TrainConfig) -> dict:
-    """The preset's width, depth and heads, each overridden by its flag when given."""
-    overrides = {k: getattr(cfg, k) for k in ("width", "depth", "heads") if getattr(cfg, k) > 0}
-    return dict(PRESETS[cfg.preset], **overrides)
+    """The preset's sizes, each DiTConfig field overridden by its flag when that is given (> 0)."""
+    names = ("width", "depth", "heads", "mlp_ratio", "text_len", "text_width", "text_depth")
+    return dict(PRESETS[cfg.preset], **{k: getattr(cfg, k) for k in names if getattr(cfg, k) > 0})
 
 
 def fail(problems: list[str]):

@@ -111,7 +111,7 @@ def test_sigint_during_sampling_leaves_a_playable_video_of_whole_clips(tmp_path,
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--out", "a_file/run"], "not a writable folder"),
+    (["--out", "a_file/run"], "--out a_file/run: not a writable folder"),
     (["--batch-size", "-3"], "--batch-size must be positive"),
     (["--replace", "lru"], "choose l2, random or fifo"),
 ])
@@ -121,6 +121,18 @@ def test_more_bad_training_flags(tmp_path, monkeypatch, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
         train.main(train.parse_args(flags))
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_sample_and_eval_outputs_under_a_file_are_rejected(tmp_path, base_ckpt, capsys):
+    import eval as drift
+    (tmp_path / "a_file").write_text("x")
+    for run in (lambda: sample.main(sample.parse_args(["--ckpt", base_ckpt, "--out",
+                                                       str(tmp_path / "a_file" / "v.mp4")])),
+                lambda: drift.main(drift.parse_args(["--ckpt", base_ckpt, "--out",
+                                                     str(tmp_path / "a_file" / "eval")]))):
+        with pytest.raises(SystemExit) as exit_info:
+            run()
+        assert exit_info.value.code == 2 and "writable folder" in capsys.readouterr().err
 
 
 def test_empty_prompt_file_is_rejected(tmp_path, base_ckpt, capsys):
