@@ -1,8 +1,8 @@
 """
 eval.py: the drift benchmark. Do long rollouts stay like the world, clip after clip?
 
-    python eval.py --ckpt clean=out/clean/ckpt.pt --ckpt erft=out/erft/ckpt.pt
-    python eval.py --ckpt erft=out/erft/ckpt.pt --setting creative --seeds 16 --chunks 50
+    python eval.py --ckpt clean=checkpoints/clean.pt --ckpt erft=checkpoints/erft.pt
+    python eval.py --ckpt erft=checkpoints/erft.pt --setting creative --seeds 16 --chunks 50
     python eval.py --quick --ckpt base=out/ckpt.pt            # a small, fast run
 
 Three settings, as in the paper: consistent (one prompt, shot mode), creative (a scene event and
@@ -15,6 +15,7 @@ network:
   palette     share of pixels off the palette (blur, colour cast, noise)          ideal 0
   count       |objects - objects in the real frame| (lost or split shapes)        ideal 0
   colours     shape colours missing or extra against the real frame (the prompt)  ideal 0
+  match       share of frames whose object count and colours both equal the real  ideal 1
   background  distance of the frame's median colour to the prompt's background    ideal 0
   sharpness   RMS spatial gradient / the real frames'                             ideal 1
   motion      centroid speed of the shapes / the real frames' (frozen video: 0)   ideal 1
@@ -40,7 +41,7 @@ from sample import rollout
 OFF_PALETTE = 48.0   # RGB distance beyond which a pixel matches no palette colour
 MIN_AREA = 3         # pixels a connected blob needs to count as an object
 SETTINGS = ("consistent", "creative", "conditional")
-METRICS = ("palette", "count", "colours", "background", "sharpness", "motion", "dynamics",
+METRICS = ("palette", "count", "colours", "match", "background", "sharpness", "motion", "dynamics",
            "control")
 
 
@@ -73,9 +74,10 @@ def components(mask):
     return blobs
 
 
-def objects(frames):
-    """Per frame, per shape colour index found: its blobs [(area, centroid)], small ones out."""
-    index, dist = nearest_palette(frames)
+def objects(frames, nearest=None):
+    """Per frame, per shape colour index found: its blobs [(area, centroid)], small ones out.
+    nearest: nearest_palette(frames), if already computed."""
+    index, dist = nearest_palette(frames) if nearest is None else nearest
     out = []
     for i, d in zip(index, dist):
         found = {}
@@ -99,11 +101,11 @@ def centroid_steps(found, lag):
 def score_clip(fake, real, background, control=None):
     """All metrics of one clip: fake and real uint8 [T, H, W, 3], the prompt's background index,
     and (colour index of shape 0, its keypoints [T, 2] in pixels) or None. -> {metric: value}"""
-    _, dist = nearest_palette(fake)
-    found, wanted = objects(fake), objects(real)
-    count = np.mean([abs(sum(map(len, f.values())) - sum(map(len, w.values())))
-                     for f, w in zip(found, wanted)])
-    colours = np.mean([len(set(f) ^ set(w)) for f, w in zip(found, wanted)])
+    nearest = nearest_palette(fake)
+    found, wanted = objects(fake, nearest), objects(real)
+    count = np.array([abs(sum(map(len, f.values())) - sum(map(len, w.values())))
+                      for f, w in zip(found, wanted)])        # [T]
+    colours = np.array([len(set(f) ^ set(w)) for f, w in zip(found, wanted)])  # [T]
     bg = np.array(list(BACKGROUNDS.values())[background], dtype=np.float32)
     median = np.median(fake.reshape(len(fake), -1, 3).astype(np.float32), axis=1)  # [T, 3]
     # sharpness: root-mean-square spatial gradient (a blur spreads an edge and lowers it)
@@ -113,8 +115,8 @@ def score_clip(fake, real, background, control=None):
     speed = lambda f: np.mean([np.linalg.norm(b - a) for a, b in centroid_steps(f, 1)] or [0.0])
     accel = [np.linalg.norm(c - 2 * b + a) for a, b, c in centroid_steps(found, 2)]
     real_speed = speed(wanted)
-    scores = dict(palette=float((dist > OFF_PALETTE).mean()), count=float(count),
-                  colours=float(colours),
+    scores = dict(palette=float((nearest[1] > OFF_PALETTE).mean()), count=float(count.mean()),
+                  colours=float(colours.mean()), match=float(((count == 0) & (colours == 0)).mean()),
                   background=float(np.linalg.norm(median - bg, axis=1).mean() / 255),
                   sharpness=gradient(fake) / max(gradient(real), 1e-6),
                   motion=speed(found) / real_speed if real_speed > 0 else float("nan"),
@@ -222,6 +224,11 @@ def table(scores, setting, chunks) -> str:
                 lines.append(f"| {metric} | {name} | {mean:.3f} [{mean - half:.3f}, "
                              f"{mean + half:.3f}] | {first:.3f} | {last:.3f} | "
                              f"{last - first:+.3f} |")
+    # the base-model check: does clip 1 keep the objects of the conditioning frames?
+    kept = [f"{name} {int((by_metric['match'][:, 0] >= 0.5).sum())}/{len(by_metric['match'])}"
+            for name, by_metric in scores.items()]
+    lines += ["", "Rollouts whose clip 1 has the real object count and colours in at least half "
+              "its frames: " + ", ".join(kept) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,8 @@ synthetic world (or --image). The m overlapping frames are dropped when clips ar
 clips of T frames make N * (T - m) + m frames. Frames go to disk as each clip finishes: memory does
 not grow with N, and Ctrl-C leaves a playable video of the clips done so far.
 
-    python sample.py --chunks 20                              # out/video.mp4 from out/ckpt.pt
+    python sample.py --chunks 50                 # out/video.mp4 from the shipped ERFT model
+    python sample.py --chunks 20 --ckpt out/ckpt.pt           # from your own training run
     python sample.py --chunks 50 --mode film --prompts story.txt --out story.mp4
     python sample.py --chunks 10 --control world              # shape 0 follows the world's path
     python sample.py --image start.png --prompt "a red circle on a black background"
@@ -66,7 +67,8 @@ def rollout(model, first, anchor, prompts, controls, chunks, generator, **sampli
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--ckpt", default="out/ckpt.pt", help="checkpoint written by train.py")
+    p.add_argument("--ckpt", default="checkpoints/erft.pt",
+                   help="checkpoint written by train.py (default: the shipped ERFT model)")
     p.add_argument("--chunks", type=int, default=10, help="number of clips to generate")
     p.add_argument("--out", default="out/video.mp4", help="output video, .mp4 or .gif")
     p.add_argument("--mode", choices=["shot", "film"], default="shot",

@@ -6,6 +6,8 @@ fine-tune it, with or without Error-Recycling Fine-Tuning (ERFT, errors.py).
     python train.py --init-from out/ckpt.pt --erft --steps 1500 --out out/erft
     python train.py --init-from out/ckpt.pt --steps 1500 --out out/clean    # clean fine-tune
     python train.py --resume --out out/erft                    # continue where it stopped
+    python train.py --init-from checkpoints/base.pt --erft --out runs/erft \
+        --export checkpoints/erft.pt                           # a small EMA-only copy to share
     torchrun --nproc_per_node=2 train.py --preset S --batch-size 64     # DDP, same script
 
 A training clip of T frames comes with its first m frames as the "motion frames" of the
@@ -95,6 +97,8 @@ class TrainConfig:
     out: str = "out"              # run folder: ckpt.pt, log.jsonl, samples/
     init_from: str = ""           # start from the weights of this checkpoint (fine-tuning)
     resume: bool = False          # continue the run in --out from its checkpoint
+    export: str = ""              # at the end, also write the EMA weights alone in half
+                                  # precision to this .pt (small, for sharing: checkpoints/)
     seed: int = 0
     device: str = "auto"          # auto, cpu, cuda
     compile: bool = False         # torch.compile the model (CUDA)
@@ -144,6 +148,9 @@ def check(cfg: TrainConfig):
         problems.append(f"--resume: no checkpoint {os.path.join(cfg.out, 'ckpt.pt')}")
     if not writable_folder(cfg.out):
         problems.append(f"--out {cfg.out}: not a writable folder")
+    if cfg.export and (not cfg.export.endswith(".pt") or
+                       not writable_folder(os.path.dirname(cfg.export) or ".")):
+        problems.append(f"--export {cfg.export}: give a .pt path in a writable folder")
     if cfg.data != "shapes" and not os.path.isdir(cfg.data):
         problems.append(f"--data {cfg.data}: no such folder (or use --data shapes)")
     for name in ("p_film", "p_event", "p_control", "p_uncond", "p_img", "p_vid", "p_noise",
@@ -389,6 +396,12 @@ def main(cfg: TrainConfig):
             if cfg.erft:
                 state.update(bank_vid=bank_vid.state_dict(), bank_noise=bank_noise.state_dict())
             save_checkpoint(ckpt_path, state)
+    if master and cfg.export:  # EMA weights only, LoRA folded in, half precision
+        half = {k: v.half() if v.is_floating_point() else v
+                for k, v in merged_state_dict(ema.state_dict()).items()}
+        os.makedirs(os.path.dirname(cfg.export) or ".", exist_ok=True)
+        save_checkpoint(cfg.export, dict(ema=half, step=step, model_cfg=dataclasses.asdict(
+            model_cfg), train_cfg=dataclasses.asdict(cfg)))
     if ddp:
         dist.destroy_process_group()
     return model, ema, bank_vid, bank_noise

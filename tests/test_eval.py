@@ -41,7 +41,7 @@ def test_components_count_blobs_and_their_centroids():
 def test_the_real_video_scores_ideal():
     real = squares(moving)
     s = score(real, real)
-    assert s["palette"] == s["count"] == s["colours"] == s["background"] == 0
+    assert s["palette"] == s["count"] == s["colours"] == s["background"] == 0 and s["match"] == 1
     assert s["sharpness"] == s["motion"] == 1 and s["dynamics"] == pytest.approx(0, abs=1e-9)
     world = ShapesWorld(3, n_shapes=3)
     frames = world.frames(8)
@@ -67,6 +67,9 @@ def test_lost_split_and_recoloured_shapes():
     real = squares(moving)
     lost = squares(moving, colours=(RED,))  # the blue square is gone
     assert score(lost, real)["count"] == 1 and score(lost, real)["colours"] == 1
+    assert score(lost, real)["match"] == 0
+    half_lost = np.concatenate([real[:3], lost[3:]])  # the blue square leaves halfway
+    assert score(half_lost, real)["match"] == 0.5 and score(half_lost, real)["count"] == 0.5
     split = squares(lambda t: moving(t) + [(2 + 2 * t, 20)], colours=(RED, BLUE, RED))
     assert score(split, real)["count"] == 1 and score(split, real)["colours"] == 0
     recoloured = squares(moving, colours=(RED, np.array(COLOURS["green"], np.uint8)))
@@ -108,6 +111,7 @@ def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
         assert os.path.getsize(out / f"side_by_side_{setting}.mp4") > 0
     results = (out / "results.md").read_text()
     assert "### creative" in results and "| palette | base |" in results
+    assert "at least half its frames: real 2/2, base " in results
     assert os.path.getsize(out / "curves.png") > 0
     assert not np.isnan(scores["conditional"]["base"]["control"]).any()
 

@@ -10,6 +10,7 @@ import torch
 
 import sample
 import train
+from model import merged_state_dict
 from conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,8 +68,9 @@ def test_checkpoint_of_another_clip_size_is_rejected(tmp_path, base_ckpt, capsys
 
 
 def test_lora_fine_tune_trains_adapters_only_and_samples(tmp_path, base_ckpt):
+    export = tmp_path / "share" / "lora.pt"
     model, ema, _, _ = train.main(tiny_config(tmp_path, lora_rank=2, init_from=base_ckpt,
-                                              erft=True, lr=1e-2))
+                                              erft=True, lr=1e-2, export=str(export)))
     base = torch.load(base_ckpt, weights_only=True)["ema"]
     state = model.state_dict()
     assert all(torch.equal(state[k.replace("blocks.0.attn.qkv.", "blocks.0.attn.qkv.base.")], v)
@@ -76,6 +78,17 @@ def test_lora_fine_tune_trains_adapters_only_and_samples(tmp_path, base_ckpt):
     assert any(k.endswith("lora_b") and v.abs().sum() > 0 for k, v in state.items())
     sample.main(sample.parse_args(["--ckpt", str(tmp_path / "ckpt.pt"), "--chunks", "2",
                                    "--steps", "2", "--out", str(tmp_path / "v.gif")]))
+    # --export: the EMA alone, adapters folded in, half precision; it samples and fine-tunes
+    shared = torch.load(export, weights_only=True)
+    assert set(shared) == {"ema", "step", "model_cfg", "train_cfg"}
+    merged = merged_state_dict(ema.state_dict())
+    assert shared["ema"].keys() == merged.keys()
+    assert all(v.dtype == torch.float16 and torch.allclose(v.float(), merged[k], atol=1e-3)
+               for k, v in shared["ema"].items())
+    assert os.path.getsize(export) < 2.1 * sum(v.numel() for v in merged.values())  # 2 B each
+    sample.main(sample.parse_args(["--ckpt", str(export), "--chunks", "2", "--steps", "2",
+                                   "--out", str(tmp_path / "w.gif")]))
+    train.main(tiny_config(tmp_path / "again", init_from=str(export), steps=1))
 
 
 def test_sampling_is_deterministic_and_counts_frames(tmp_path, base_ckpt):
