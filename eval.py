@@ -116,7 +116,8 @@ def score_clip(fake, real, background, control=None):
     accel = [np.linalg.norm(c - 2 * b + a) for a, b, c in centroid_steps(found, 2)]
     real_speed = speed(wanted)
     scores = dict(palette=float((nearest[1] > OFF_PALETTE).mean()), count=float(count.mean()),
-                  colours=float(colours.mean()), match=float(((count == 0) & (colours == 0)).mean()),
+                  colours=float(colours.mean()),
+                  match=float(((count == 0) & (colours == 0)).mean()),
                   background=float(np.linalg.norm(median - bg, axis=1).mean() / 255),
                   sharpness=gradient(fake) / max(gradient(real), 1e-6),
                   motion=speed(found) / real_speed if real_speed > 0 else float("nan"),
@@ -240,6 +241,9 @@ def plot(all_scores, path):
                              figsize=(2.6 * len(METRICS), 2.4 * len(all_scores)))
     for row, (setting, scores) in zip(axes, all_scores.items()):
         for ax, metric in zip(row, METRICS):
+            if all(np.isnan(by_metric[metric]).all() for by_metric in scores.values()):
+                ax.axis("off")  # nothing to measure in this setting (control outside conditional)
+                continue
             for name, by_metric in scores.items():
                 curve = by_metric[metric]
                 if not np.isnan(curve).all():
