@@ -1,5 +1,6 @@
 """Training and sampling end to end, on tiny settings. Run: python -m pytest tests/test_train.py"""
 import os
+import socket
 import subprocess
 import sys
 
@@ -152,12 +153,19 @@ def test_bad_sampling_flags_are_rejected_clearly(flags, message, capsys):
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
+def free_port() -> str:
+    """A TCP port nobody listens on now, for torchrun's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def test_torchrun_banks_errors_of_both_ranks_during_warmup(tmp_path, base_ckpt):
     counts = {}
     for gather in (2, 0):
         out = tmp_path / f"gather{gather}"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-               "--master_port", str(29500 + gather + os.getpid() % 500), "train.py",
+               "--master_port", free_port(), "train.py",
                "--init-from", base_ckpt, "--erft", "--p-clean", "0", "--steps", "2",
                "--batch-size", "4", "--frames", "4", "--resolution", "16", "--buckets", "1",
                "--capacity", "64", "--sample-every", "100", "--warmup-gather", str(gather),
@@ -176,7 +184,7 @@ def test_two_ranks_make_the_same_update_as_one_process_with_the_whole_batch(tmp_
               "--frames", "4", "--resolution", "16", "--sample-every", "100", "--device", "cpu",
               "--lr", "1e-2", "--warmup", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    port = str(29000 + os.getpid() % 500)
+    port = free_port()
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                     "--master_port", port, *common, "--out", str(tmp_path / "ddp")],
                    cwd=ROOT, check=True, env=env, capture_output=True, timeout=300)
