@@ -61,6 +61,7 @@ class Exploit:
 
 
 @pytest.mark.parametrize("save", ["torch", "pickle"])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # torch's note before refusing
 def test_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, monkeypatch, capsys,
                                                               save):
     monkeypatch.chdir(tmp_path)
