@@ -324,6 +324,7 @@ def main(cfg: TrainConfig):
         print(f"model: preset {cfg.preset}, {model.num_params() / 1e6:.2f}M parameters "
               f"({sum(p.numel() for p in params) / 1e6:.2f}M trained), {device}, {world} rank(s)")
     log = open(os.path.join(cfg.out, "log.jsonl"), "a") if master else None
+    configs = dict(model_cfg=dataclasses.asdict(model_cfg), train_cfg=dataclasses.asdict(cfg))
 
     # --- the loop ---
     m = cfg.motion_frames
@@ -391,8 +392,7 @@ def main(cfg: TrainConfig):
                 write_bank_picture(bank_vid, os.path.join(cfg.out, "samples", "bank.png"))
         if master and (step % cfg.ckpt_every == 0 or step == cfg.steps):
             state = dict(model=model.state_dict(), ema=ema.state_dict(),
-                         optimizer=optimizer.state_dict(), step=step,
-                         model_cfg=dataclasses.asdict(model_cfg), train_cfg=dataclasses.asdict(cfg))
+                         optimizer=optimizer.state_dict(), step=step, **configs)
             if cfg.erft:
                 state.update(bank_vid=bank_vid.state_dict(), bank_noise=bank_noise.state_dict())
             save_checkpoint(ckpt_path, state)
@@ -400,8 +400,7 @@ def main(cfg: TrainConfig):
         half = {k: v.half() if v.is_floating_point() else v
                 for k, v in merged_state_dict(ema.state_dict()).items()}
         os.makedirs(os.path.dirname(cfg.export) or ".", exist_ok=True)
-        save_checkpoint(cfg.export, dict(ema=half, step=step, model_cfg=dataclasses.asdict(
-            model_cfg), train_cfg=dataclasses.asdict(cfg)))
+        save_checkpoint(cfg.export, dict(ema=half, step=step, **configs))
     if ddp:
         dist.destroy_process_group()
     return model, ema, bank_vid, bank_noise

@@ -115,6 +115,8 @@ def test_sigint_during_sampling_leaves_a_playable_video_of_whole_clips(tmp_path,
     (["--out", "a_file/run"], "--out a_file/run: not a writable folder"),
     (["--batch-size", "-3"], "--batch-size must be positive"),
     (["--replace", "lru"], "choose l2, random or fifo"),
+    (["--export", "a_file/base.pt"], "--export a_file/base.pt: give a .pt path in a writable"),
+    (["--export", "base.pth"], "--export base.pth: give a .pt path in a writable folder"),
 ])
 def test_more_bad_training_flags(tmp_path, monkeypatch, capsys, flags, message):
     monkeypatch.chdir(tmp_path)
