@@ -157,23 +157,34 @@ class ShapesSource:
         self.res, self.motion = resolution, motion_frames
         self.p_event, self.p_control = p_event, p_control
 
-    def clips(self, batch: int, frames: int, rng: np.random.Generator):
-        videos, prompts, controls = [], [], []
+    def clips(self, batch: int, frames: int, rng: np.random.Generator, anchor_gap: int = 0):
+        """-> video [B, C, T, H, W], prompts, control [B, T, 2] (NaN: none) and an anchor frame
+        [B, C, H, W] of the same world: with anchor_gap 0 a random frame of the clip itself (the
+        SVI 1.0 recipe), else the frame 0 to anchor_gap frames before the clip's first (SVI 2.0:
+        the anchor tells who is in the scene, not where they are now)."""
+        videos, prompts, controls, anchors = [], [], [], []
         for _ in range(batch):
             world = ShapesWorld(int(rng.integers(2 ** 31)), self.res,
                                 control=bool(rng.random() < self.p_control))
+            if anchor_gap > 0:
+                anchors.append(world.render())
+                for _ in range(int(rng.integers(anchor_gap + 1))):
+                    world.step()
             if rng.random() < self.p_event:
                 first = world.frames(self.motion)
                 world.event()
                 video = np.concatenate([first, world.frames(frames - self.motion)])
             else:
                 video = world.frames(frames)
+            if anchor_gap == 0:
+                anchors.append(video[int(rng.integers(frames))])
             videos.append(video)
             prompts.append(world.prompt())
-            path = np.stack([world.control_vector(s["time"]) for s in world.truth])  # [T, 2]
-            controls.append(path if world.control else np.full_like(path, np.nan))
+            path = np.stack([world.control_vector(s["time"]) for s in world.truth[-frames:]])
+            controls.append(path if world.control else np.full_like(path, np.nan))  # [T, 2]
         control = torch.from_numpy(np.stack(controls)).float()  # [B, T, 2], NaN: no control
-        return to_unit(np.stack(videos)), prompts, control
+        anchors = to_unit(np.stack(anchors)[:, None])[:, :, 0]  # [B, 1, H, W, C] -> [B, C, H, W]
+        return to_unit(np.stack(videos)), prompts, control, anchors
 
 
 # -----------------------------------------------------------------------------
@@ -230,15 +241,22 @@ class VideoFolder:
             raise ValueError(f"--data {folder!r}: no usable video ({', '.join(VIDEO_EXTENSIONS)}, "
                              f"at least {frames} frames) among {len(names)} candidate file(s)")
 
-    def clips(self, batch: int, frames: int, rng: np.random.Generator):
-        videos, prompts = [], []
+    def clips(self, batch: int, frames: int, rng: np.random.Generator, anchor_gap: int = 0):
+        """As ShapesSource.clips; the anchor is a frame of the same video."""
+        videos, prompts, anchors = [], [], []
         for _ in range(batch):
             i = int(rng.integers(len(self.videos)))
             start = int(rng.integers(len(self.videos[i]) - frames + 1))
             videos.append(self.videos[i][start:start + frames])
             prompts.append(self.captions[i])
+            if anchor_gap > 0:
+                anchors.append(self.videos[i][int(rng.integers(max(0, start - anchor_gap),
+                                                               start + 1))])
+            else:
+                anchors.append(videos[-1][int(rng.integers(frames))])
         control = torch.full((batch, frames, 2), float("nan"))  # user videos carry no control
-        return to_unit(np.stack(videos)), prompts, control
+        anchors = to_unit(np.stack(anchors)[:, None])[:, :, 0]  # [B, 1, H, W, C] -> [B, C, H, W]
+        return to_unit(np.stack(videos)), prompts, control, anchors
 
 
 # -----------------------------------------------------------------------------
@@ -279,7 +297,7 @@ class VideoWriter:
 
 if __name__ == "__main__":
     source = ShapesSource(resolution=32, motion_frames=2, p_event=0.5, p_control=0.5)
-    video, prompts, control = source.clips(4, 16, np.random.default_rng(0))
+    video, prompts, control, _ = source.clips(4, 16, np.random.default_rng(0))
     writer = VideoWriter("shapes.gif")
     for clip, prompt in zip(video, prompts):
         print(prompt)

@@ -268,8 +268,10 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=int, default=16, help="rollouts (worlds) per setting")
     p.add_argument("--chunks", type=int, default=50, help="clips per rollout")
     p.add_argument("--event-every", type=int, default=5, help="clips between scene events")
-    p.add_argument("--steps", type=int, default=20, help="Euler steps per clip")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps per clip")
     p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--eta", type=float, default=1.0,
+                   help="share of the noise drawn anew at each step (0: the ODE; sample.py's)")
     p.add_argument("--out", default="eval_out", help="folder for results.md, curves.png, video")
     p.add_argument("--quick", action="store_true", help="2 seeds, 3 clips, 2 steps (for tests)")
     p.add_argument("--device", default="cpu")
@@ -284,6 +286,8 @@ def main(args):
                 if getattr(args, n) <= 0]
     named = [c.split("=", 1) if "=" in c else [os.path.basename(os.path.dirname(c)) or c, c]
              for c in args.ckpt]
+    if not 0 <= args.eta <= 1:
+        problems.append(f"--eta must be in [0, 1], got {args.eta}")
     if not named:
         problems.append("give at least one --ckpt NAME=PATH")
     problems += [f"--ckpt {path}: no such file" for _, path in named if not os.path.isfile(path)]
@@ -305,7 +309,7 @@ def main(args):
         model.shift = ckpt["train_cfg"]["shift"]
         models[name] = model
     some = next(iter(models.values()))
-    sampling = dict(steps=args.steps, shift=some.shift, guidance=args.guidance)
+    sampling = dict(steps=args.steps, shift=some.shift, guidance=args.guidance, eta=args.eta)
     os.makedirs(args.out, exist_ok=True)
     settings = SETTINGS if args.setting == "all" else [args.setting]
     all_scores, report = {}, []
@@ -316,8 +320,9 @@ def main(args):
         report.append(table(all_scores[setting], setting, args.chunks))
         print(report[-1], flush=True)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(f"{args.seeds} seeds x {args.chunks} clips, {args.steps} Euler steps, guidance "
-                f"{args.guidance}; checkpoints: {', '.join(args.ckpt)}\n\n" + "\n".join(report))
+        f.write(f"{args.seeds} seeds x {args.chunks} clips, {args.steps} steps, eta {args.eta}, "
+                f"guidance {args.guidance}; checkpoints: {', '.join(args.ckpt)}\n\n"
+                + "\n".join(report))
     plot(all_scores, os.path.join(args.out, "curves.png"))
     return all_scores
 

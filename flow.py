@@ -62,12 +62,19 @@ def flow_loss(v_hat, v_target):
 
 
 @torch.no_grad()
-def euler_sample(velocity, noise, steps: int, shift: float = 1.0, guidance: float = 1.0):
-    """Integrate from noise (t = 1) to data (t = 0) in `steps` Euler steps.
+def euler_sample(velocity, noise, steps: int, shift: float = 1.0, guidance: float = 1.0,
+                 eta: float = 0.0, generator: torch.Generator | None = None):
+    """Integrate from noise (t = 1) to data (t = 0) in `steps` steps.
 
     velocity(x, t, conditional) -> v, with t of shape [B]; conditional=False must drop the prompt.
     With guidance != 1 this is classifier-free guidance (Ho & Salimans 2022):
         v = v_uncond + guidance * (v_cond - v_uncond)
+    Each step splits x_t into the model's data and noise estimates and rebuilds x at the next
+    time t' from them, with a share eta of the noise drawn anew (from `generator`):
+        x_t' = (1 - t') x0_hat + t' (sqrt(1 - eta^2) noise_hat + eta z),   z ~ N(0, I)
+    eta = 0 is exactly the Euler step x_t' = x_t + (t' - t) v of the flow's ODE; eta = 1 keeps
+    only the data estimate and re-noises it (the ancestral step of DDPM and of multistep
+    consistency sampling), which lets a small model wash out its own mistakes of earlier steps.
     """
     ts = schedule(steps, shift).to(noise.device)
     x = noise
@@ -77,5 +84,10 @@ def euler_sample(velocity, noise, steps: int, shift: float = 1.0, guidance: floa
         if guidance != 1.0:
             v_uncond = velocity(x, t_batch, False)
             v = v_uncond + guidance * (v - v_uncond)
-        x = x + (t_next - t) * v  # t_next < t: a step towards the data
+        if eta == 0.0:
+            x = x + (t_next - t) * v  # t_next < t: a step towards the data
+        else:
+            z = torch.randn(x.shape, generator=generator).to(x.device)
+            noise_mix = (1 - eta ** 2) ** 0.5 * noise_from_v(x, v, t) + eta * z
+            x = interpolate(x0_from_v(x, v, t), noise_mix, t_next)
     return x

@@ -48,6 +48,8 @@ class DiTConfig:
     text_width: int = 128     # width of the text encoder
     text_depth: int = 2       # transformer layers of the text encoder
     control_dim: int = 2      # size of the per-frame control vector (a keypoint x, y)
+    rope: bool = False        # 3-D rotary positions in the DiT's attention (as Wan), on top of
+                              # the sinusoidal embedding of the tokens
 
 
 # The DiT paper's sizes (S, B, L, XL); T is the tiny one that trains on a laptop CPU.
@@ -123,6 +125,28 @@ def position_embedding(t: int, h: int, w: int, width: int) -> torch.Tensor:
     return F.pad(emb, (0, width - 3 * d))[None]
 
 
+def rope_angles(t: int, h: int, w: int, head_dim: int) -> torch.Tensor:
+    """Rotary angles of a t x h x w token grid -> [N, head_dim / 2]: of each head's pairs of
+    channels, a third (rounded to pairs) turns with the row, a third with the column, the rest
+    with the frame (Wan's split), so q . k depends on the offset between two tokens."""
+    d_space = 2 * (head_dim // 6)
+    d_time = head_dim - 2 * d_space
+    grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w),
+                                      indexing="ij"), dim=-1).reshape(-1, 3)  # [N, 3]
+    angles = []
+    for axis, d in zip(range(3), (d_time, d_space, d_space)):
+        freqs = 10000.0 ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # [d / 2]
+        angles.append(grid[:, axis, None].float() * freqs)                     # [N, d / 2]
+    return torch.cat(angles, dim=1)
+
+
+def rotate(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Turn channel pairs (i, i + hd / 2) of x [B, heads, N, hd] by angles [N, hd / 2]."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
 # -----------------------------------------------------------------------------
 # Building blocks
 
@@ -131,7 +155,8 @@ def modulate(x, shift, scale):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention; `mask` [B, N] (True: attend) hides padding keys."""
+    """Multi-head self-attention; `mask` [B, N] (True: attend) hides padding keys; `angles`
+    [N, hd / 2] (rope_angles) rotate queries and keys."""
 
     def __init__(self, width: int, heads: int):
         super().__init__()
@@ -140,10 +165,12 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x, mask=None):
+    def forward(self, x, mask=None, angles=None):
         B, N, D = x.shape
         qkv = self.qkv(x).view(B, N, 3, self.heads, D // self.heads)   # [B, N, 3, heads, hd]
         q, k, v = qkv.permute(2, 0, 3, 1, 4)                            # [B, heads, N, hd] each
+        if angles is not None:
+            q, k = rotate(q, angles), rotate(k, angles)
         mask = None if mask is None else mask[:, None, None, :]         # [B, 1, 1, N]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [B, heads, N, hd]
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
@@ -210,10 +237,10 @@ class DiTBlock(nn.Module):
         self.mlp = MLP(D, cfg.mlp_ratio)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))
 
-    def forward(self, x, c):
+    def forward(self, x, c, angles=None):
         shift1, scale1, gate1, shift2, scale2, gate2 = \
             self.adaLN_modulation(c)[:, None].chunk(6, dim=-1)  # 6 x [B, 1, D]
-        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1))
+        x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), angles=angles)
         return x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -238,6 +265,8 @@ class VideoDiT(nn.Module):
         self.final_layer = nn.Linear(D, pt * ps * ps * C)
         grid = (cfg.frames // pt, cfg.resolution // ps, cfg.resolution // ps)
         self.register_buffer("pos", position_embedding(*grid, D), persistent=False)
+        angles = rope_angles(*grid, D // cfg.heads) if cfg.rope else None
+        self.register_buffer("angles", angles, persistent=False)
         self.grad_ckpt = False  # recompute blocks in backward (train.py --grad-ckpt)
         self.initialize_weights()
 
@@ -279,9 +308,9 @@ class VideoDiT(nn.Module):
         c = self.t_embedder(t) + self.text_encoder(text_ids, text_mask)  # [B, D]
         for block in self.blocks:
             if self.grad_ckpt and torch.is_grad_enabled():
-                x = checkpoint(block, x, c, use_reentrant=False)
+                x = checkpoint(block, x, c, self.angles, use_reentrant=False)
             else:
-                x = block(x, c)
+                x = block(x, c, self.angles)
         shift, scale = self.adaLN_out(c)[:, None].chunk(2, dim=-1)      # 2 x [B, 1, D]
         x = self.final_layer(modulate(self.norm_out(x), shift, scale))  # [B, N, pt * ps * ps * C]
         return unpatchify(x, C, T, H, W, pt, ps)

@@ -1,9 +1,10 @@
 """
 sample.py: infinite video generation, one clip after another (the inference loop of SVI).
 
-Each clip is generated from noise by Euler steps of the rectified flow, conditioned on the last m
-frames of the previous clip (its "motion frames") and, in shot mode, on the anchor image (in film
-mode on zeros, so the scene may change with the prompt). The first clip starts from a frame of the
+Each clip is generated from noise by steps of the rectified flow (Euler steps with the noise drawn
+anew at each step by default: flow.euler_sample, --eta), conditioned on the last m frames of the
+previous clip (its "motion frames") and, in shot mode, on the anchor image (in film mode on
+zeros, so the scene may change with the prompt). The first clip starts from a frame of the
 synthetic world (or --image). The m overlapping frames are dropped when clips are joined, so N
 clips of T frames make N * (T - m) + m frames. Frames go to disk as each clip finishes: memory does
 not grow with N, and Ctrl-C leaves a playable video of the clips done so far.
@@ -29,10 +30,12 @@ from flow import euler_sample
 from model import condition, from_checkpoint, tokenize
 
 
-def generate_clip(model, cond, prompts, control, noise, steps=20, shift=1.0, guidance=1.0):
+def generate_clip(model, cond, prompts, control, noise, steps=20, shift=1.0, guidance=1.0,
+                  eta=1.0, generator=None):
     """One clip [B, C, T, H, W] from noise, conditioned on cond (from model.condition), a prompt
     per sample and a control stream [B, T, 2] (NaN: none). guidance > 1 adds classifier-free
-    guidance, whose unconditional branch drops the prompt only."""
+    guidance, whose unconditional branch drops the prompt only; eta is the share of noise drawn
+    anew (from generator) at each step (flow.euler_sample)."""
     ids, mask = (x.to(noise.device) for x in tokenize(prompts, model.cfg.text_len))
     empty_ids, empty_mask = (x.to(noise.device) for x in tokenize([""] * len(prompts),
                                                                    model.cfg.text_len))
@@ -42,7 +45,7 @@ def generate_clip(model, cond, prompts, control, noise, steps=20, shift=1.0, gui
             return model(x, t, cond, ids, mask, control)
         return model(x, t, cond, empty_ids, empty_mask, control)
 
-    return euler_sample(velocity, noise, steps, shift, guidance)
+    return euler_sample(velocity, noise, steps, shift, guidance, eta, generator)
 
 
 @torch.no_grad()
@@ -60,7 +63,8 @@ def rollout(model, first, anchor, prompts, controls, chunks, generator, **sampli
         noise = torch.randn(B, C, cfg.frames, H, W, generator=generator).to(first.device)
         control = controls(k)
         control = None if control is None else control.to(first.device)
-        clip = generate_clip(model, cond, prompts(k), control, noise, **sampling)
+        clip = generate_clip(model, cond, prompts(k), control, noise, generator=generator,
+                             **sampling)
         motion = clip[:, :, -m:]  # the next clip continues from the last m frames
         yield clip if k == 0 else clip[:, :, m:]
 
@@ -81,8 +85,10 @@ def parse_args(argv=None):
     p.add_argument("--image", default=None, help="start from this image instead of the world")
     p.add_argument("--world-seed", type=int, default=0, help="which synthetic world to start from")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    p.add_argument("--steps", type=int, default=20, help="Euler steps per clip")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps per clip")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
+    p.add_argument("--eta", type=float, default=1.0,
+                   help="share of the noise drawn anew at each step: 0 is the flow's ODE (Euler)")
     p.add_argument("--shift", type=float, default=None, help="schedule shift (default: training's)")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--scale", type=int, default=4, help="enlarge frames this many times")
@@ -96,6 +102,8 @@ def check_args(args):
     for name in ("chunks", "steps", "fps", "scale"):
         if getattr(args, name) <= 0:
             problems.append(f"--{name} must be positive, got {getattr(args, name)}")
+    if not 0 <= args.eta <= 1:
+        problems.append(f"--eta must be in [0, 1], got {args.eta}")
     if not os.path.splitext(args.out)[1].lower() in (".mp4", ".gif"):
         problems.append(f"--out {args.out}: must end in .mp4 or .gif")
     for name in ("ckpt", "prompts", "image"):
@@ -167,7 +175,8 @@ def main(args):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     writer = VideoWriter(args.out, args.fps, args.scale)
     clips = rollout(model, first.to(args.device), anchor, prompts, controls, args.chunks,
-                    generator, steps=args.steps, shift=shift, guidance=args.guidance)
+                    generator, steps=args.steps, shift=shift, guidance=args.guidance,
+                    eta=args.eta)
     try:
         for clip in tqdm(clips, total=args.chunks, desc="clips", unit="clip"):
             with whole_clips():

@@ -11,7 +11,8 @@ fine-tune it, with or without Error-Recycling Fine-Tuning (ERFT, errors.py).
     torchrun --nproc_per_node=2 train.py --preset S --batch-size 64     # DDP, same script
 
 A training clip of T frames comes with its first m frames as the "motion frames" of the
-condition, then either a random frame of the clip as the anchor (shot mode) or zeros (film mode);
+condition, then either the anchor (shot mode: a frame of the same world up to --anchor-gap frames
+before the clip, so it says who is in the scene but not where) or zeros (film mode);
 the model regenerates the whole clip (as the official code, the loss covers every frame).
 Everything random is drawn from generators seeded by (seed, step, rank), so a resumed run is
 bitwise identical, on CPU, to one that never stopped.
@@ -49,6 +50,8 @@ class TrainConfig:
     resolution: int = 32          # H = W
     motion_frames: int = 2        # m, frames carried from one clip to the next
     p_film: float = 0.5           # share of clips conditioned in film mode (no anchor)
+    anchor_gap: int = 48          # shot-mode anchor: a frame 0 to this many frames before the
+                                  # clip (SVI 2.0); 0: a random frame of the clip (SVI 1.0)
     p_event: float = 0.2          # share of world clips with a scene event after the motion frames
     p_control: float = 0.2        # share of world clips whose shape 0 follows a control path
     # model
@@ -62,6 +65,7 @@ class TrainConfig:
     text_depth: int = 0           # > 0: override the text encoder's depth (2)
     patch_t: int = 2              # frames per token
     patch_s: int = 4              # pixels per token side
+    rope: bool = False            # 3-D rotary positions in attention (model.rope_angles)
     lora_rank: int = 0            # > 0: fine-tune low-rank adapters instead of all weights
     # optimisation
     steps: int = 1600             # total optimiser steps
@@ -91,7 +95,8 @@ class TrainConfig:
     bank_dtype: str = "float16"
     warmup_gather: int = 50       # under torchrun, bank all ranks' errors for this many steps
     # sampling during training
-    sample_steps: int = 20        # Euler steps per clip
+    sample_steps: int = 20        # sampling steps per clip
+    sample_eta: float = 1.0       # share of the noise drawn anew per step (flow.euler_sample)
     guidance: float = 1.0         # classifier-free guidance scale of the periodic samples
     # input / output
     out: str = "out"              # run folder: ckpt.pt, log.jsonl, samples/
@@ -140,6 +145,8 @@ def check(cfg: TrainConfig):
         sizes = model_sizes(cfg)
         if sizes["width"] % sizes["heads"]:
             problems.append(f"width {sizes['width']} must divide by heads {sizes['heads']}")
+    if cfg.anchor_gap < 0:
+        problems.append("--anchor-gap must be 0 or more")
     if cfg.replace not in ("l2", "random", "fifo"):
         problems.append(f"--replace {cfg.replace}: choose l2, random or fifo")
     if cfg.init_from and not os.path.isfile(cfg.init_from):
@@ -154,7 +161,7 @@ def check(cfg: TrainConfig):
     if cfg.data != "shapes" and not os.path.isdir(cfg.data):
         problems.append(f"--data {cfg.data}: no such folder (or use --data shapes)")
     for name in ("p_film", "p_event", "p_control", "p_uncond", "p_img", "p_vid", "p_noise",
-                 "p_clean", "p_bank_clean"):
+                 "p_clean", "p_bank_clean", "sample_eta"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"--{name.replace('_', '-')} must be within [0, 1]")
     fail(problems)
@@ -206,7 +213,7 @@ def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
     gen = torch.Generator().manual_seed(0)
     clips = list(rollout(model, first, first[:, :, 0], lambda k: [w.prompt() for w in ws],
                          lambda k: None, chunks, gen, steps=cfg.sample_steps, shift=cfg.shift,
-                         guidance=cfg.guidance))
+                         guidance=cfg.guidance, eta=cfg.sample_eta))
     fake = [to_uint8(v) for v in torch.cat(clips, dim=2)]               # W x [frames, H, W, 3]
     real = [np.concatenate([to_uint8(f.cpu()), w.frames(len(v) - m)]) for f, w, v in
             zip(first, ws, fake)]
@@ -220,14 +227,13 @@ def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
 
 def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device):
     """n training clips and everything drawn for them: x0, noise, t, the condition (motion frames,
-    then the anchor, a random frame of the clip, or zeros in film mode), prompt tokens (dropped
+    then the anchor, a frame from before the clip, or zeros in film mode), prompt tokens (dropped
     with p_uncond) and the control stream."""
     T, m = cfg.frames, cfg.motion_frames
-    video, prompts, control = source.clips(n, T, rng)
-    x0, control = video.to(device), control.to(device)
+    video, prompts, control, anchor = source.clips(n, T, rng, cfg.anchor_gap)
+    x0, control, anchor = video.to(device), control.to(device), anchor.to(device)
     film = torch.from_numpy(rng.random(n) < cfg.p_film).to(device)
-    anchor = x0[torch.arange(n), :, torch.from_numpy(rng.integers(T, size=n))]  # [B, C, H, W]
-    anchor = anchor * (~film).float().view(-1, 1, 1, 1)
+    anchor = anchor * (~film).float().view(-1, 1, 1, 1)  # [B, C, H, W], zeros in film mode
     cond = condition(x0[:, :, :m], anchor, T)                        # [B, C + 1, T, H, W]
     if cfg.cond_noise > 0:  # the handcrafted baseline: noisy motion frames, clean target
         sigma = cfg.cond_noise * torch.rand(n, generator=gen).view(-1, 1, 1, 1, 1)
@@ -287,7 +293,7 @@ def main(cfg: TrainConfig):
                   f"{model_cfg.resolution}; pass the same"])
     else:
         model_cfg = DiTConfig(frames=cfg.frames, resolution=cfg.resolution, patch_t=cfg.patch_t,
-                              patch_s=cfg.patch_s, **model_sizes(cfg))
+                              patch_s=cfg.patch_s, rope=cfg.rope, **model_sizes(cfg))
     model = VideoDiT(model_cfg)
     if cfg.init_from and not cfg.resume:
         model.load_state_dict(merged_state_dict(ckpt["ema"]))  # start from the base's EMA

@@ -4,6 +4,7 @@ import warnings
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 
 from data import PALETTE, ShapesSource, ShapesWorld, VideoFolder, VideoWriter, read_video
 
@@ -58,11 +59,26 @@ def test_control_stream_drives_shape_zero():
 
 def test_source_clips():
     source = ShapesSource(32, 2, p_event=1.0, p_control=0.5)
-    video, prompts, control = source.clips(8, 6, np.random.default_rng(0))
+    video, prompts, control, anchor = source.clips(8, 6, np.random.default_rng(0))
     assert video.shape == (8, 3, 6, 32, 32) and video.min() >= -1 and video.max() <= 1
-    assert len(prompts) == 8 and control.shape == (8, 6, 2)
+    assert len(prompts) == 8 and control.shape == (8, 6, 2) and anchor.shape == (8, 3, 32, 32)
     given = ~np.isnan(control.numpy()).any(axis=(1, 2))
     assert 0 < given.sum() < 8  # some clips have a control path, the others NaN
+    # anchor_gap 0: the anchor is one of the clip's own frames
+    assert all((video[i] == anchor[i, :, None]).all(dim=(0, 2, 3)).any() for i in range(8))
+
+
+def test_source_anchor_before_the_clip():
+    """anchor_gap > 0: the anchor is the same world (same colours) some frames before the clip,
+    mostly not one of the clip's frames; with the control path it is where the path was then."""
+    source = ShapesSource(32, 2, p_event=0.0, p_control=1.0)
+    video, _, control, anchor = source.clips(16, 8, np.random.default_rng(1), anchor_gap=40)
+    inside = [bool((video[i] == anchor[i, :, None]).all(dim=(0, 2, 3)).any()) for i in range(16)]
+    assert sum(inside) < 4
+    for i in range(16):
+        colours = lambda x: set(map(tuple, x.reshape(3, -1).T.tolist()))  # noqa: E731
+        assert colours(anchor[i]) == colours(video[i, :, 0])
+    assert control.shape == (16, 8, 2) and not torch.isnan(control).any()
 
 
 def make_folder(folder):
@@ -90,8 +106,9 @@ def test_folder_loader_trains_on_what_is_usable_and_names_the_rest(tmp_path):
     assert len(folder.videos) == 3
     assert sorted(folder.captions) == ["a caption", "a video", "a video"]
     assert all(v.shape[1:] == (16, 16, 3) for v in folder.videos)
-    video, prompts, control = folder.clips(4, 8, np.random.default_rng(0))
+    video, prompts, control, anchor = folder.clips(4, 8, np.random.default_rng(0), anchor_gap=4)
     assert video.shape == (4, 3, 8, 16, 16) and np.isnan(control.numpy()).all()
+    assert anchor.shape == (4, 3, 16, 16)
 
 
 def test_folder_with_nothing_usable_is_an_error(tmp_path):

@@ -31,6 +31,31 @@ def test_euler_with_the_true_velocity_lands_on_the_data():
     torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
 
 
+def test_stochastic_steps_land_on_the_data_of_the_true_field():
+    """The exact velocity of a single data point is v(x, t) = (x - x0) / t: its data estimate is
+    x0 wherever x is, so every eta ends on x0, however much noise is re-drawn on the way."""
+    x0, noise = video(0), video(1)
+    velocity = lambda x, t, c: (x - x0) / t.view(-1, 1, 1, 1, 1)
+    for eta in (0.0, 0.5, 1.0):
+        out = euler_sample(velocity, noise, steps=5, eta=eta,
+                           generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+
+
+def test_eta_zero_is_the_euler_step_and_eta_one_redraws_the_noise():
+    noise = video(1)
+    velocity = lambda x, t, c: torch.sin(3 * x) + t.view(-1, 1, 1, 1, 1)  # any field
+    x, ts = noise, schedule(6)
+    for t, t_next in zip(ts[:-1], ts[1:]):  # Euler by hand
+        x = x + (t_next - t) * velocity(x, t.expand(len(x)), True)
+    torch.testing.assert_close(euler_sample(velocity, noise, steps=6), x)
+    draw = lambda seed: euler_sample(velocity, noise, steps=6, eta=1.0,  # noqa: E731
+                                     generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(draw(0), draw(0))             # reproducible from the generator
+    assert not torch.allclose(draw(0), draw(1))      # and the fresh noise matters
+    assert not torch.allclose(draw(0), x)
+
+
 def test_guidance_extrapolates_from_unconditional_to_conditional():
     noise = torch.zeros(1, 1, 2, 2, 2)
     velocity = lambda x, t, conditional: torch.full_like(x, 1.0 if conditional else 3.0)

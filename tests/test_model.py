@@ -3,7 +3,7 @@ import torch
 
 from flow import flow_loss, interpolate, velocity_target
 from model import (DiTConfig, VideoDiT, add_lora, condition, merged_state_dict, patchify,
-                   tokenize, unpatchify)
+                   rope_angles, rotate, tokenize, unpatchify)
 
 CFG = DiTConfig(width=64, depth=2, heads=2, frames=4, resolution=16)
 
@@ -23,6 +23,27 @@ def test_patchify_round_trip_and_token_layout():
     assert torch.equal(unpatchify(tokens, 3, 4, 16, 16, 2, 4), x)
     # token 0 holds the first 2 frames of the top-left 4x4 pixels
     assert torch.equal(tokens[0, 0].reshape(2, 4, 4, 3), x[0, :, :2, :4, :4].permute(1, 2, 3, 0))
+
+
+def test_rotary_scores_depend_on_the_offset_only():
+    """With 3-D rotary angles, q . k of two tokens depends on their (frame, row, column) offset,
+    not on where they are; a rotation keeps the norm."""
+    t, h, w, hd = 4, 8, 8, 48
+    angles = rope_angles(t, h, w, hd)  # [N, hd / 2], tokens in (frame, row, column) order
+    assert angles.shape == (t * h * w, hd // 2)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(2, hd, generator=g)
+    q_all = rotate(q.expand(1, 1, t * h * w, hd), angles)[0, 0]  # [N, hd]
+    k_all = rotate(k.expand(1, 1, t * h * w, hd), angles)[0, 0]
+    index = lambda f, r, c: (f * h + r) * w + c  # noqa: E731
+    offset = (1, 2, -3)
+    scores = [q_all[index(*p)] @ k_all[index(*(a + b for a, b in zip(p, offset)))]
+              for p in [(0, 0, 3), (1, 4, 7), (2, 5, 5)]]
+    torch.testing.assert_close(scores[1], scores[0])
+    torch.testing.assert_close(scores[2], scores[0])
+    other = q_all[index(0, 0, 3)] @ k_all[index(1, 2, 1)]  # another offset, another score
+    assert not torch.allclose(other, scores[0])
+    torch.testing.assert_close(q_all.norm(dim=-1), q.norm().expand(t * h * w))
 
 
 def test_output_shape_and_exactly_zero_at_init():
