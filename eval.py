@@ -199,32 +199,38 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
 # -----------------------------------------------------------------------------
 # Summaries: a markdown table and curves
 
+def interval(per_seed):
+    """Mean over seeds and the half-width of its 95% interval (normal approximation)."""
+    per_seed = per_seed[~np.isnan(per_seed)]
+    if len(per_seed) == 0:
+        return float("nan"), float("nan")
+    half = 1.96 * per_seed.std(ddof=1) / np.sqrt(len(per_seed)) if len(per_seed) > 1 else 0.0
+    return per_seed.mean(), half
+
+
 def summary(values):
-    """values [seeds, chunks] -> mean over clips and seeds, its 95% interval over seeds, the
-    first and last clip (means over seeds). NaN (nothing to measure) is left out."""
+    """values [seeds, chunks] -> (mean, half-width) of the mean over clips, of the first clip and
+    of the last clip, each over seeds. NaN (nothing to measure) is left out; None if all is NaN."""
+    if np.isnan(values).all():
+        return None
     with warnings.catch_warnings():  # the mean of nothing is NaN, as meant
         warnings.simplefilter("ignore", RuntimeWarning)
         per_seed = np.nanmean(values, axis=1)
-        first, last = np.nanmean(values[:, 0]), np.nanmean(values[:, -1])
-    per_seed = per_seed[~np.isnan(per_seed)]
-    if len(per_seed) == 0:
-        return None
-    half = 1.96 * per_seed.std(ddof=1) / np.sqrt(len(per_seed)) if len(per_seed) > 1 else 0.0
-    return per_seed.mean(), half, first, last
+    return interval(per_seed), interval(values[:, 0]), interval(values[:, -1])
 
 
 def table(scores, setting, chunks) -> str:
     lines = [f"### {setting}", "",
-             f"| metric | method | mean [95% interval] | clip 1 | clip {chunks} | drift |",
-             "|---|---|---|---|---|---|"]
+             f"| metric | method | mean [95% interval] | clip 1 | clip {chunks} [95% interval] "
+             "| drift |", "|---|---|---|---|---|---|"]
     for metric in METRICS:
         for name, by_metric in scores.items():
             s = summary(by_metric[metric])
             if s is not None:
-                mean, half, first, last = s
+                (mean, half), (first, _), (last, last_half) = s
                 lines.append(f"| {metric} | {name} | {mean:.3f} [{mean - half:.3f}, "
-                             f"{mean + half:.3f}] | {first:.3f} | {last:.3f} | "
-                             f"{last - first:+.3f} |")
+                             f"{mean + half:.3f}] | {first:.3f} | {last:.3f} [{last - last_half:.3f}"
+                             f", {last + last_half:.3f}] | {last - first:+.3f} |")
     # the base-model check: does clip 1 keep the objects of the conditioning frames?
     kept = [f"{name} {int((by_metric['match'][:, 0] >= 0.5).sum())}/{len(by_metric['match'])}"
             for name, by_metric in scores.items()]
