@@ -229,8 +229,9 @@ def table(scores, setting, chunks) -> str:
             if s is not None:
                 (mean, half), (first, _), (last, last_half) = s
                 lines.append(f"| {metric} | {name} | {mean:.3f} [{mean - half:.3f}, "
-                             f"{mean + half:.3f}] | {first:.3f} | {last:.3f} [{last - last_half:.3f}"
-                             f", {last + last_half:.3f}] | {last - first:+.3f} |")
+                             f"{mean + half:.3f}] | {first:.3f} | {last:.3f} "
+                             f"[{last - last_half:.3f}, {last + last_half:.3f}] | "
+                             f"{last - first:+.3f} |")
     # the base-model check: does clip 1 keep the objects of the conditioning frames?
     kept = [f"{name} {int((by_metric['match'][:, 0] >= 0.5).sum())}/{len(by_metric['match'])}"
             for name, by_metric in scores.items()]

@@ -11,8 +11,8 @@ fine-tune it, with or without Error-Recycling Fine-Tuning (ERFT, errors.py).
     torchrun --nproc_per_node=2 train.py --preset S --batch-size 64     # DDP, same script
 
 A training clip of T frames comes with its first m frames as the "motion frames" of the
-condition, then either the anchor (shot mode: a frame of the same world up to --anchor-gap frames
-before the clip, so it says who is in the scene but not where) or zeros (film mode);
+condition, then either the anchor (shot mode: a random frame of the clip, or with --anchor-gap G
+one from up to G frames before it, as SVI 2.0) or zeros (film mode);
 the model regenerates the whole clip (as the official code, the loss covers every frame).
 Everything random is drawn from generators seeded by (seed, step, rank), so a resumed run is
 bitwise identical, on CPU, to one that never stopped.
@@ -50,7 +50,7 @@ class TrainConfig:
     resolution: int = 32          # H = W
     motion_frames: int = 2        # m, frames carried from one clip to the next
     p_film: float = 0.5           # share of clips conditioned in film mode (no anchor)
-    anchor_gap: int = 48          # shot-mode anchor: a frame 0 to this many frames before the
+    anchor_gap: int = 0           # shot-mode anchor: a frame 0 to this many frames before the
                                   # clip (SVI 2.0); 0: a random frame of the clip (SVI 1.0)
     p_event: float = 0.2          # share of world clips with a scene event after the motion frames
     p_control: float = 0.2        # share of world clips whose shape 0 follows a control path
@@ -227,8 +227,8 @@ def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
 
 def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device):
     """n training clips and everything drawn for them: x0, noise, t, the condition (motion frames,
-    then the anchor, a frame from before the clip, or zeros in film mode), prompt tokens (dropped
-    with p_uncond) and the control stream."""
+    then the anchor, a frame of the clip or from before it, or zeros in film mode), prompt tokens
+    (dropped with p_uncond) and the control stream."""
     T, m = cfg.frames, cfg.motion_frames
     video, prompts, control, anchor = source.clips(n, T, rng, cfg.anchor_gap)
     x0, control, anchor = video.to(device), control.to(device), anchor.to(device)
