@@ -118,6 +118,7 @@ def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
 
 def test_bad_eval_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        drift.main(drift.parse_args(["--ckpt", "x=missing.pt", "--seeds", "0"]))
+        drift.main(drift.parse_args(["--ckpt", "x=missing.pt", "--seeds", "0", "--eta", "-1"]))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "no such file" in err and "--seeds must be positive" in err
+    assert "--eta must be in [0, 1]" in err

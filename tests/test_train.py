@@ -146,6 +146,7 @@ def test_bad_training_flags_are_rejected_clearly(flags, message, capsys):
     (["--out", "video.avi"], "must end in .mp4 or .gif"),
     (["--ckpt", "missing.pt"], "no such file"),
     (["--control", "missing.txt"], "no such file"),
+    (["--eta", "1.5"], "--eta must be in [0, 1]"),
 ])
 def test_bad_sampling_flags_are_rejected_clearly(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
