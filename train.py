@@ -6,6 +6,7 @@ fine-tune it, with or without Error-Recycling Fine-Tuning (ERFT, errors.py).
     python train.py --init-from out/ckpt.pt --erft --steps 1500 --out out/erft
     python train.py --init-from out/ckpt.pt --steps 1500 --out out/clean    # clean fine-tune
     python train.py --resume --out out/erft                    # continue where it stopped
+    python train.py --init-from out/ckpt.pt --depth 8 --out out/deeper   # grow: blocks added
     python train.py --init-from checkpoints/base.pt --erft --out runs/erft \
         --export checkpoints/erft.pt                           # a small EMA-only copy to share
     torchrun --nproc_per_node=2 train.py --preset S --batch-size 64     # DDP, same script
@@ -57,7 +58,7 @@ class TrainConfig:
     # model
     preset: str = "T"             # T, S, B, L, XL (model.PRESETS)
     width: int = 0                # > 0: override the preset's width
-    depth: int = 0                # > 0: override the preset's depth
+    depth: int = 0                # > 0: override the preset's depth (--init-from: grow to it)
     heads: int = 0                # > 0: override the preset's attention heads
     mlp_ratio: float = 0.0        # > 0: override the MLP width ratio (4)
     text_len: int = 0             # > 0: override the prompt bytes kept (64)
@@ -291,12 +292,20 @@ def main(cfg: TrainConfig):
         if (model_cfg.frames, model_cfg.resolution) != (cfg.frames, cfg.resolution):
             fail([f"{start} was trained with --frames {model_cfg.frames} --resolution "
                   f"{model_cfg.resolution}; pass the same"])
+        if cfg.init_from and not cfg.resume and cfg.depth:  # grow a base: --depth > its depth
+            if cfg.depth < model_cfg.depth:
+                fail([f"--depth {cfg.depth}: {start} has {model_cfg.depth} blocks; "
+                      "--init-from can add blocks, not remove them"])
+            model_cfg.depth = cfg.depth
     else:
         model_cfg = DiTConfig(frames=cfg.frames, resolution=cfg.resolution, patch_t=cfg.patch_t,
                               patch_s=cfg.patch_s, rope=cfg.rope, **model_sizes(cfg))
     model = VideoDiT(model_cfg)
     if cfg.init_from and not cfg.resume:
-        model.load_state_dict(merged_state_dict(ckpt["ema"]))  # start from the base's EMA
+        # start from the base's EMA; blocks it lacks are appended, each the identity
+        # (adaLN-Zero), so the grown model starts as the base
+        missing, unexpected = model.load_state_dict(merged_state_dict(ckpt["ema"]), strict=False)
+        assert not unexpected and all(k.startswith("blocks.") for k in missing), missing
     if cfg.lora_rank > 0:
         add_lora(model, cfg.lora_rank)
     ema = VideoDiT(model_cfg)

@@ -11,7 +11,7 @@ import torch
 
 import sample
 import train
-from model import merged_state_dict
+from model import condition, from_checkpoint, merged_state_dict, tokenize
 from conftest import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +66,24 @@ def test_checkpoint_of_another_clip_size_is_rejected(tmp_path, base_ckpt, capsys
     with pytest.raises(SystemExit) as exit_info:
         train.main(tiny_config(tmp_path, init_from=base_ckpt, frames=6))
     assert exit_info.value.code == 2 and "--frames 4 --resolution 16" in capsys.readouterr().err
+
+
+def test_grown_base_starts_as_the_base(tmp_path, base_ckpt, capsys):
+    base, ckpt = from_checkpoint(base_ckpt)
+    depth = ckpt["model_cfg"]["depth"]
+    grown = train.main(tiny_config(tmp_path, init_from=base_ckpt, depth=depth + 2, steps=1,
+                                   lr=0.0))[0].eval()  # lr 0: the weights as loaded
+    assert len(grown.blocks) == depth + 2
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 16, 16, generator=g)
+    cond = condition(torch.randn(2, 3, 2, 16, 16, generator=g), None, 4)
+    ids, mask = tokenize(["a red circle on a black background", ""], base.cfg.text_len)
+    t = torch.rand(2, generator=g)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(x, t, cond, ids, mask), base(x, t, cond, ids, mask))
+    with pytest.raises(SystemExit) as exit_info:  # blocks are added, never dropped
+        train.main(tiny_config(tmp_path / "less", init_from=base_ckpt, depth=depth - 1))
+    assert exit_info.value.code == 2 and "can add blocks, not remove them" in capsys.readouterr().err
 
 
 def test_lora_fine_tune_trains_adapters_only_and_samples(tmp_path, base_ckpt):
