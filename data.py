@@ -50,7 +50,8 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 
 class ShapesWorld:
     """One world: its state moves one frame per render. Ground truth of every frame rendered is
-    appended to self.truth (positions, velocities, sizes, colours, kinds, background)."""
+    appended to self.truth (positions, velocities, sizes, colours, kinds, background, and
+    whether two shapes overlap)."""
 
     def __init__(self, seed: int, resolution: int = 32, n_shapes: int | None = None,
                  control: bool = False):
@@ -107,6 +108,7 @@ class ShapesWorld:
         ys, xs = np.mgrid[0:self.res, 0:self.res] + 0.5
         frame = np.empty((self.res, self.res, 3), dtype=np.uint8)
         frame[:] = list(BACKGROUNDS.values())[self.background]
+        covered = np.zeros((self.res, self.res), dtype=np.int64)  # shapes on each pixel
         for (x, y), r, c, k in zip(self.pos, self.size, self.colour, self.kind):
             dx, dy = xs - x, ys - y
             if KINDS[k] == "circle":
@@ -115,10 +117,12 @@ class ShapesWorld:
                 inside = (np.abs(dx) <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
             else:  # triangle, apex up: half width grows from 0 at dy = -r to r at dy = 0.8 r
                 inside = (dy >= -r) & (dy <= 0.8 * r) & (np.abs(dx) <= (dy + r) / 1.8)
-            frame[inside] = list(COLOURS.values())[c]
+            frame[inside] = list(COLOURS.values())[c]  # later shapes in front
+            covered += inside
         self.truth.append(dict(pos=self.pos.copy(), vel=self.vel.copy(), size=self.size.copy(),
                                colour=self.colour.copy(), kind=self.kind.copy(),
-                               background=self.background, time=self.time))
+                               background=self.background, time=self.time,
+                               overlap=bool((covered > 1).any())))
         return frame
 
     def frames(self, n: int) -> np.ndarray:

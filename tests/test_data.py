@@ -47,6 +47,15 @@ def test_prompt_says_what_is_drawn_and_events_change_it():
     assert frame.shape == (32, 32, 3)
 
 
+def test_truth_says_when_shapes_overlap():
+    world = ShapesWorld(0, n_shapes=2)
+    world.pos[:] = [[8.0, 8.0], [24.0, 24.0]]  # radii are at most 0.2 x 32 = 6.4 pixels
+    world.render()
+    world.pos[1] = world.pos[0] + 1.0
+    world.render()
+    assert [state["overlap"] for state in world.truth] == [False, True]
+
+
 def test_control_stream_drives_shape_zero():
     world = ShapesWorld(2, control=True)
     world.frames(40)

@@ -101,6 +101,18 @@ def test_control_error_is_the_distance_to_the_keypoint():
     assert score(lost, real, control=(red, centres))["control"] == 16  # half the frame
 
 
+def test_first_clip_check_is_split_by_overlap():
+    zeros = lambda: {metric: np.zeros((4, 2)) for metric in drift.METRICS}
+    scores = {"real": zeros(), "model": zeros()}
+    scores["real"]["match"][:] = 1.0
+    scores["real"]["overlap"] = np.array([[0, 1], [1, 0], [1, 1], [0, 0]], dtype=np.float64)
+    scores["model"]["match"][:, 0] = [1.0, 0.25, 0.5, 0.0]  # passes at >= 0.5: seeds 0 and 2
+    text = drift.table(scores, "consistent", 2)
+    assert "at least half its frames: real 4/4, model 2/4." in text
+    assert "no shapes overlap in the real clip 1: real 2/2, model 1/2;" in text
+    assert "where some do: real 2/2, model 1/2." in text
+
+
 def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
     out = tmp_path / "eval"
     scores = drift.main(drift.parse_args(["--quick", "--ckpt", f"base={base_ckpt}",

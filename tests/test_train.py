@@ -83,7 +83,8 @@ def test_grown_base_starts_as_the_base(tmp_path, base_ckpt, capsys):
         torch.testing.assert_close(grown(x, t, cond, ids, mask), base(x, t, cond, ids, mask))
     with pytest.raises(SystemExit) as exit_info:  # blocks are added, never dropped
         train.main(tiny_config(tmp_path / "less", init_from=base_ckpt, depth=depth - 1))
-    assert exit_info.value.code == 2 and "can add blocks, not remove them" in capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "can add blocks, not remove them" in capsys.readouterr().err
 
 
 def test_lora_fine_tune_trains_adapters_only_and_samples(tmp_path, base_ckpt):
