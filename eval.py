@@ -4,6 +4,8 @@ eval.py: the drift benchmark. Do long rollouts stay like the world, clip after c
     python eval.py --ckpt clean=checkpoints/clean.pt --ckpt erft=checkpoints/erft.pt
     python eval.py --ckpt erft=checkpoints/erft.pt --setting creative --seeds 16 --chunks 50
     python eval.py --quick --ckpt base=out/ckpt.pt            # a small, fast run
+    python eval.py --setting none --recycled runs/erft/ckpt.pt --ckpt clean=checkpoints/clean.pt \
+        --ckpt erft=checkpoints/erft.pt          # the loss with an ERFT run's banked errors
 
 Three settings, as in the paper: consistent (one prompt, shot mode), creative (a scene event and
 a new prompt every few clips, film mode) and conditional (shape 0 follows a control stream). For
@@ -22,6 +24,9 @@ network:
   dynamics    centroid acceleration, pixels/frame^2 (constant velocity: 0)        ideal ~0
   control     distance of shape 0 to its control keypoint, pixels (conditional)   ideal 0
 
+--recycled adds a check of what ERFT trains for: each model's flow loss on fresh training batches,
+as they are and with the errors banked by an ERFT run injected.
+
 Outputs in --out: results.md (mean and 95% interval over seeds, first clip, last clip, drift),
 curves.png (each metric per clip) and side_by_side.mp4 (real | each method, first seed).
 """
@@ -33,10 +38,13 @@ import warnings
 import numpy as np
 import torch
 
-from data import (BACKGROUNDS, COLOURS, PALETTE, ShapesWorld, VideoWriter, to_uint8, to_unit,
-                  writable_folder)
-from model import from_checkpoint
+from data import (BACKGROUNDS, COLOURS, PALETTE, ShapesSource, ShapesWorld, VideoWriter, to_uint8,
+                  to_unit, writable_folder)
+from errors import ErrorBank, inject
+from flow import flow_loss, interpolate, velocity_target
+from model import from_checkpoint, load_checkpoint
 from sample import rollout
+from train import TrainConfig, make_batch
 
 OFF_PALETTE = 48.0   # RGB distance beyond which a pixel matches no palette colour
 MIN_AREA = 3         # pixels a connected blob needs to count as an object
@@ -201,6 +209,58 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
 
 
 # -----------------------------------------------------------------------------
+# Do the models undo the errors ERFT trains on? The flow loss with and without them
+
+def recycled_losses(models, run_path, batches=20):
+    """The flow loss of each model on fresh training batches of the world, as they are and with
+    the errors of an ERFT run's banks (run_path: its ckpt.pt) injected as that run trained (its
+    gates, no clean gate); the same batches and errors for every model. -> {name: [batches, 2]}"""
+    ckpt = load_checkpoint(run_path)
+    if "bank_vid" not in ckpt:
+        raise ValueError(f"{run_path}: no error banks; give the ckpt.pt of a train.py --erft run")
+    cfg = TrainConfig(**ckpt["train_cfg"])
+    some = next(iter(models.values()))
+    if (cfg.frames, cfg.resolution) != (some.cfg.frames, some.cfg.resolution):
+        raise ValueError(f"{run_path}: clips of --frames {cfg.frames} --resolution "
+                         f"{cfg.resolution}, the models' are {some.cfg.frames}, "
+                         f"{some.cfg.resolution}")
+    banks = []
+    for key in ("bank_vid", "bank_noise"):
+        bank = ErrorBank(ckpt[key]["anchors"], cfg.capacity, cfg.replace)
+        bank.load_state_dict(ckpt[key])
+        banks.append(bank)
+    source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.p_event, cfg.p_control)
+    device = next(some.parameters()).device
+    losses = {name: np.zeros((batches, 2)) for name in models}
+    for i in range(batches):
+        rng = np.random.default_rng([cfg.seed, i, 0, 1])  # a 4th word: no training step's seed
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        x0, noise, t, cond, ids, mask, control = make_batch(source, cfg, cfg.batch_size, rng, gen,
+                                                            some.cfg.text_len, "cpu")
+        x_err, v_err, cond_err, _ = inject(x0, noise, cond, t, *banks, gen, cfg.p_img, cfg.p_vid,
+                                           cfg.p_noise, 0.0, cfg.motion_frames)
+        inputs = [(interpolate(x0, noise, t), velocity_target(x0, noise), cond),
+                  (x_err, v_err, cond_err)]                       # as they are, with errors
+        for name, model in models.items():
+            for j, (x_t, v_target, c) in enumerate(inputs):
+                with torch.no_grad():
+                    v_hat = model(*(a.to(device) for a in (x_t, t, c, ids, mask, control)))
+                losses[name][i, j] = flow_loss(v_hat, v_target.to(device)).item()
+    return losses
+
+
+def recycled_table(losses, run_path) -> str:
+    lines = ["### recycled errors", "",
+             f"Flow loss on {len(next(iter(losses.values())))} fresh training batches, as they "
+             f"are and with the errors banked by {run_path} injected [95% interval over batches]:",
+             "", "| method | clean inputs | recycled errors |", "|---|---|---|"]
+    for name, per_batch in losses.items():
+        cells = [f"{m:.4f} [{m - h:.4f}, {m + h:.4f}]" for m, h in map(interval, per_batch.T)]
+        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+# -----------------------------------------------------------------------------
 # Summaries: a markdown table and curves
 
 def interval(per_seed):
@@ -278,7 +338,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
                    help="a checkpoint to score (repeat the flag for several)")
-    p.add_argument("--setting", choices=["all", *SETTINGS], default="all")
+    p.add_argument("--setting", choices=["all", *SETTINGS, "none"], default="all",
+                   help="none: no rollouts (with --recycled, its table alone)")
+    p.add_argument("--recycled", default="", metavar="RUN/ckpt.pt",
+                   help="also: each model's flow loss with the errors banked by this ERFT run")
     p.add_argument("--seeds", type=int, default=16, help="rollouts (worlds) per setting")
     p.add_argument("--chunks", type=int, default=50, help="clips per rollout")
     p.add_argument("--event-every", type=int, default=5, help="clips between scene events")
@@ -305,6 +368,8 @@ def main(args):
     if not named:
         problems.append("give at least one --ckpt NAME=PATH")
     problems += [f"--ckpt {path}: no such file" for _, path in named if not os.path.isfile(path)]
+    if args.recycled and not os.path.isfile(args.recycled):
+        problems.append(f"--recycled {args.recycled}: no such file")
     if not writable_folder(args.out):
         problems.append(f"--out {args.out}: not a writable folder")
     if len({name for name, _ in named}) < len(named):
@@ -325,8 +390,15 @@ def main(args):
     some = next(iter(models.values()))
     sampling = dict(steps=args.steps, shift=some.shift, guidance=args.guidance, eta=args.eta)
     os.makedirs(args.out, exist_ok=True)
-    settings = SETTINGS if args.setting == "all" else [args.setting]
+    settings = {"all": SETTINGS, "none": []}.get(args.setting, [args.setting])
     all_scores, report = {}, []
+    if args.recycled:
+        try:
+            report.append(recycled_table(recycled_losses(models, args.recycled), args.recycled))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        print(report[-1], flush=True)
     for setting in settings:
         video = os.path.join(args.out, f"side_by_side_{setting}.mp4")
         all_scores[setting] = evaluate(models, setting, args.seeds, args.chunks, args.event_every,
@@ -337,7 +409,8 @@ def main(args):
         f.write(f"{args.seeds} seeds x {args.chunks} clips, {args.steps} steps, eta {args.eta}, "
                 f"guidance {args.guidance}; checkpoints: {', '.join(args.ckpt)}\n\n"
                 + "\n".join(report))
-    plot(all_scores, os.path.join(args.out, "curves.png"))
+    if all_scores:
+        plot(all_scores, os.path.join(args.out, "curves.png"))
     return all_scores
 
 

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 
 import eval as drift
+import train
+from conftest import tiny_config
 from data import BACKGROUNDS, COLOURS, ShapesWorld
+from model import from_checkpoint
 
 RED, BLUE = np.array(COLOURS["red"], np.uint8), np.array(COLOURS["blue"], np.uint8)
 BLACK = np.array(BACKGROUNDS["black"], np.uint8)
@@ -126,6 +129,20 @@ def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
     assert "at least half its frames: real 2/2, base " in results
     assert os.path.getsize(out / "curves.png") > 0
     assert not np.isnan(scores["conditional"]["base"]["control"]).any()
+
+
+def test_recycled_losses_use_the_run_banks(tmp_path, base_ckpt, capsys):
+    run = tmp_path / "erft"
+    train.main(tiny_config(run, steps=3, erft=True, init_from=base_ckpt, p_clean=0.0))
+    model = from_checkpoint(base_ckpt)[0]
+    losses = drift.recycled_losses({"a": model, "b": model}, str(run / "ckpt.pt"), batches=2)
+    assert losses["a"].shape == (2, 2) and np.isfinite(losses["a"]).all()
+    np.testing.assert_array_equal(losses["a"], losses["b"])  # the same batches and errors
+    assert (losses["a"][:, 1] != losses["a"][:, 0]).all()  # the errors change what it sees
+    with pytest.raises(SystemExit) as exit_info:  # a run without banks: a clear refusal
+        drift.main(drift.parse_args(["--ckpt", base_ckpt, "--setting", "none", "--recycled",
+                                     base_ckpt, "--out", str(tmp_path / "out")]))
+    assert exit_info.value.code == 2 and "no error banks" in capsys.readouterr().err
 
 
 def test_bad_eval_flags(capsys):
