@@ -122,16 +122,20 @@ def check_args(args):
 
 
 @contextlib.contextmanager
-def whole_clips():
-    """Hold Ctrl-C back while a clip is written, so the video only ever ends on a whole clip."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
-        yield
-        return
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+def stop_after_the_clip():
+    """Ctrl-C sets a flag, checked after each clip is written, so the video only ever ends on a
+    whole clip (an exception inside the writer could cut one); a second Ctrl-C stops at once."""
+    stop = []
+
+    def ask(signum, frame):
+        stop.append(signum)
+        signal.signal(signal.SIGINT, previous)  # the next Ctrl-C interrupts as usual
+
+    previous = signal.signal(signal.SIGINT, ask)
     try:
-        yield
+        yield stop
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a held Ctrl-C lands now
+        signal.signal(signal.SIGINT, previous)
 
 
 def read_lines(path):
@@ -177,14 +181,15 @@ def main(args):
     clips = rollout(model, first.to(args.device), anchor, prompts, controls, args.chunks,
                     generator, steps=args.steps, shift=shift, guidance=args.guidance,
                     eta=args.eta)
-    try:
-        for clip in tqdm(clips, total=args.chunks, desc="clips", unit="clip"):
-            with whole_clips():
+    with stop_after_the_clip() as stop:
+        try:
+            for clip in tqdm(clips, total=args.chunks, desc="clips", unit="clip"):
                 writer.write(to_uint8(clip[0]))
-    except KeyboardInterrupt:
-        print("interrupted: keeping the clips finished so far")
-    finally:
-        writer.close()
+                if stop:
+                    print("interrupted: keeping the clips finished so far")
+                    break
+        finally:
+            writer.close()
     print(f"wrote {args.out}: {writer.frames} frames")
 
 
