@@ -99,12 +99,15 @@ def test_sigint_during_sampling_leaves_a_playable_video_of_whole_clips(tmp_path,
     proc = subprocess.Popen([sys.executable, "sample.py", "--ckpt", base_ckpt, "--chunks",
                              "100000", "--steps", "2", "--out", str(out)], cwd=ROOT, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    deadline = time.time() + 120
-    while not (out.exists() and out.stat().st_size > 2000) and time.time() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=60)
+    try:
+        deadline = time.time() + 120
+        while not (out.exists() and out.stat().st_size > 2000) and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # nothing left running if the test fails
     assert proc.returncode == 0 and "interrupted" in stdout, stdout
     frames = int(re.search(r"(\d+) frames", stdout).group(1))
     assert frames > 8 and (frames - 2) % 2 == 0   # N (T - m) + m with T = 4, m = 2
