@@ -28,7 +28,8 @@ network:
 as they are and with the errors banked by an ERFT run injected.
 
 Outputs in --out: results.md (mean and 95% interval over seeds, first clip, last clip, drift),
-curves.png (each metric per clip) and side_by_side.mp4 (real | each method, first seed).
+curves.png (each metric per clip), side_by_side_SETTING.mp4 (real | each method, first seed) and
+scores_SETTING.npz (every value per seed and clip, keyed "method/metric", for further analysis).
 """
 import argparse
 import os
@@ -404,6 +405,9 @@ def main(args):
         all_scores[setting] = evaluate(models, setting, args.seeds, args.chunks, args.event_every,
                                        sampling, video)
         report.append(table(all_scores[setting], setting, args.chunks))
+        np.savez(os.path.join(args.out, f"scores_{setting}.npz"),  # per seed and clip, [S, N]
+                 **{f"{name}/{metric}": values for name, by_metric in all_scores[setting].items()
+                    for metric, values in by_metric.items()})
         print(report[-1], flush=True)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(f"{args.seeds} seeds x {args.chunks} clips, {args.steps} steps, eta {args.eta}, "

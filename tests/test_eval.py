@@ -124,6 +124,8 @@ def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
         assert scores[setting]["base"]["palette"].shape == (2, 3)
         assert (scores[setting]["real"]["palette"] == 0).all()
         assert os.path.getsize(out / f"side_by_side_{setting}.mp4") > 0
+        saved = np.load(out / f"scores_{setting}.npz")
+        np.testing.assert_array_equal(saved["base/match"], scores[setting]["base"]["match"])
     results = (out / "results.md").read_text()
     assert "### creative" in results and "| palette | base |" in results
     assert "at least half its frames: real 2/2, base " in results
