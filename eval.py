@@ -1,7 +1,7 @@
 """
 eval.py: the drift benchmark. Do long rollouts stay like the world, clip after clip?
 
-    python eval.py --ckpt clean=checkpoints/clean.pt --ckpt erft=checkpoints/erft.pt
+    python eval.py --ckpt clean=checkpoints/clean.pt --ckpt erft=checkpoints/erft.pt --versus clean
     python eval.py --ckpt erft=checkpoints/erft.pt --setting creative --seeds 16 --chunks 50
     python eval.py --quick --ckpt base=out/ckpt.pt            # a small, fast run
     python eval.py --setting none --recycled runs/erft/ckpt.pt --ckpt clean=checkpoints/clean.pt \
@@ -284,13 +284,19 @@ def summary(values):
     return interval(per_seed), interval(values[:, 0]), interval(values[:, -1])
 
 
-def table(scores, setting, chunks) -> str:
+def table(scores, setting, chunks, versus="") -> str:
+    """The markdown table; with versus (a method's name), also each other method's difference to
+    it, seed by seed (paired: the same worlds and noise, so a narrower interval)."""
     lines = [f"### {setting}", "",
              f"| metric | method | mean [95% interval] | clip 1 | clip {chunks} [95% interval] "
              "| drift |", "|---|---|---|---|---|---|"]
     for metric in METRICS:
-        for name, by_metric in scores.items():
-            s = summary(by_metric[metric])
+        rows = {name: by_metric[metric] for name, by_metric in scores.items()}
+        if versus:
+            rows.update({f"{name} - {versus}": values - rows[versus] for name, values in
+                         list(rows.items()) if name not in ("real", versus)})
+        for name, values in rows.items():
+            s = summary(values)
             if s is not None:
                 (mean, half), (first, _), (last, last_half) = s
                 lines.append(f"| {metric} | {name} | {mean:.3f} [{mean - half:.3f}, "
@@ -350,6 +356,8 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--eta", type=float, default=1.0,
                    help="share of the noise drawn anew at each step (0: the ODE; sample.py's)")
+    p.add_argument("--versus", default="", metavar="NAME",
+                   help="also each method's paired difference to this one (e.g. clean)")
     p.add_argument("--out", default="eval_out", help="folder for results.md, curves.png, video")
     p.add_argument("--quick", action="store_true", help="2 seeds, 3 clips, 2 steps (for tests)")
     p.add_argument("--device", default="cpu")
@@ -375,6 +383,8 @@ def main(args):
         problems.append(f"--out {args.out}: not a writable folder")
     if len({name for name, _ in named}) < len(named):
         problems.append("--ckpt names must differ")
+    if args.versus and args.versus not in [name for name, _ in named]:
+        problems.append(f"--versus {args.versus}: not one of the --ckpt names")
     if problems:
         print("error: " + "\nerror: ".join(problems), file=sys.stderr)
         sys.exit(2)
@@ -404,7 +414,7 @@ def main(args):
         video = os.path.join(args.out, f"side_by_side_{setting}.mp4")
         all_scores[setting] = evaluate(models, setting, args.seeds, args.chunks, args.event_every,
                                        sampling, video)
-        report.append(table(all_scores[setting], setting, args.chunks))
+        report.append(table(all_scores[setting], setting, args.chunks, args.versus))
         np.savez(os.path.join(args.out, f"scores_{setting}.npz"),  # per seed and clip, [S, N]
                  **{f"{name}/{metric}": values for name, by_metric in all_scores[setting].items()
                     for metric, values in by_metric.items()})

@@ -133,6 +133,19 @@ def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
     assert not np.isnan(scores["conditional"]["base"]["control"]).any()
 
 
+def test_paired_difference_rows():
+    scores = {name: {metric: np.zeros((3, 2)) for metric in drift.METRICS}
+              for name in ("real", "clean", "erft")}
+    scores["real"]["overlap"] = np.zeros((3, 2))
+    scores["clean"]["count"][:] = [[1, 2], [2, 4], [3, 6]]
+    scores["erft"]["count"][:] = [[1, 1], [2, 3], [3, 5]]  # one less at clip 2 in every world
+    text = drift.table(scores, "consistent", 2, versus="clean")
+    # the same gap in every world: a paired interval of zero width
+    assert "| count | erft - clean | -0.500 [-0.500, -0.500] | 0.000 | -1.000 [-1.000, -1.000] |" \
+        in text
+    assert "real - clean" not in text and "clean - clean" not in text
+
+
 def test_recycled_losses_use_the_run_banks(tmp_path, base_ckpt, capsys):
     run = tmp_path / "erft"
     train.main(tiny_config(run, steps=3, erft=True, init_from=base_ckpt, p_clean=0.0))
@@ -149,7 +162,8 @@ def test_recycled_losses_use_the_run_banks(tmp_path, base_ckpt, capsys):
 
 def test_bad_eval_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        drift.main(drift.parse_args(["--ckpt", "x=missing.pt", "--seeds", "0", "--eta", "-1"]))
+        drift.main(drift.parse_args(["--ckpt", "x=missing.pt", "--seeds", "0", "--eta", "-1",
+                                     "--versus", "y"]))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "no such file" in err and "--seeds must be positive" in err
-    assert "--eta must be in [0, 1]" in err
+    assert "--eta must be in [0, 1]" in err and "--versus y: not one of the --ckpt names" in err
