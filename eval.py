@@ -212,6 +212,7 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
 # -----------------------------------------------------------------------------
 # Do the models undo the errors ERFT trains on? The flow loss with and without them
 
+@torch.no_grad()
 def recycled_losses(models, run_path, batches=20):
     """The flow loss of each model on fresh training batches of the world, as they are and with
     the errors of an ERFT run's banks (run_path: its ckpt.pt) injected as that run trained (its
@@ -237,16 +238,15 @@ def recycled_losses(models, run_path, batches=20):
         rng = np.random.default_rng([cfg.seed, i, 0, 1])  # a 4th word: no training step's seed
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         x0, noise, t, cond, ids, mask, control = make_batch(source, cfg, cfg.batch_size, rng, gen,
-                                                            some.cfg.text_len, "cpu")
+                                                            some.cfg.text_len, device)
         x_err, v_err, cond_err, _ = inject(x0, noise, cond, t, *banks, gen, cfg.p_img, cfg.p_vid,
                                            cfg.p_noise, 0.0, cfg.motion_frames)
         inputs = [(interpolate(x0, noise, t), velocity_target(x0, noise), cond),
                   (x_err, v_err, cond_err)]                       # as they are, with errors
         for name, model in models.items():
             for j, (x_t, v_target, c) in enumerate(inputs):
-                with torch.no_grad():
-                    v_hat = model(*(a.to(device) for a in (x_t, t, c, ids, mask, control)))
-                losses[name][i, j] = flow_loss(v_hat, v_target.to(device)).item()
+                v_hat = model(x_t, t, c, ids, mask, control)
+                losses[name][i, j] = flow_loss(v_hat, v_target).item()
     return losses
 
 
