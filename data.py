@@ -50,8 +50,8 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 
 class ShapesWorld:
     """One world: its state moves one frame per render. Ground truth of every frame rendered is
-    appended to self.truth (positions, velocities, sizes, colours, kinds, background, and
-    whether two shapes overlap)."""
+    appended to self.truth (positions, velocities, sizes, colours, kinds, background, and the
+    share of each shape that is visible, not behind a later one)."""
 
     def __init__(self, seed: int, resolution: int = 32, n_shapes: int | None = None,
                  control: bool = False):
@@ -108,8 +108,9 @@ class ShapesWorld:
         ys, xs = np.mgrid[0:self.res, 0:self.res] + 0.5
         frame = np.empty((self.res, self.res, 3), dtype=np.uint8)
         frame[:] = list(BACKGROUNDS.values())[self.background]
-        covered = np.zeros((self.res, self.res), dtype=np.int64)  # shapes on each pixel
-        for (x, y), r, c, k in zip(self.pos, self.size, self.colour, self.kind):
+        front = np.full((self.res, self.res), -1)  # [H, W] index of the shape in front, -1: none
+        area = []                                  # pixels of each shape, hidden ones included
+        for i, ((x, y), r, c, k) in enumerate(zip(self.pos, self.size, self.colour, self.kind)):
             dx, dy = xs - x, ys - y
             if KINDS[k] == "circle":
                 inside = dx ** 2 + dy ** 2 <= r ** 2
@@ -118,11 +119,13 @@ class ShapesWorld:
             else:  # triangle, apex up: half width grows from 0 at dy = -r to r at dy = 0.8 r
                 inside = (dy >= -r) & (dy <= 0.8 * r) & (np.abs(dx) <= (dy + r) / 1.8)
             frame[inside] = list(COLOURS.values())[c]  # later shapes in front
-            covered += inside
+            front[inside] = i
+            area.append(inside.sum())
+        visible = np.array([(front == i).sum() / max(a, 1) for i, a in enumerate(area)])
         self.truth.append(dict(pos=self.pos.copy(), vel=self.vel.copy(), size=self.size.copy(),
                                colour=self.colour.copy(), kind=self.kind.copy(),
                                background=self.background, time=self.time,
-                               overlap=bool((covered > 1).any())))
+                               visible=visible))
         return frame
 
     def frames(self, n: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from data import PALETTE, ShapesSource, ShapesWorld, VideoFolder, VideoWriter, read_video
+from data import KINDS, PALETTE, ShapesSource, ShapesWorld, VideoFolder, VideoWriter, read_video
 
 
 def test_world_is_seeded_and_drawn_from_the_palette():
@@ -47,13 +47,19 @@ def test_prompt_says_what_is_drawn_and_events_change_it():
     assert frame.shape == (32, 32, 3)
 
 
-def test_truth_says_when_shapes_overlap():
+def test_truth_gives_the_visible_share_of_each_shape():
     world = ShapesWorld(0, n_shapes=2)
-    world.pos[:] = [[8.0, 8.0], [24.0, 24.0]]  # radii are at most 0.2 x 32 = 6.4 pixels
+    world.kind[:] = KINDS.index("circle")
+    world.size[:] = [4.0, 6.0]
+    world.pos[:] = [[8.0, 8.0], [24.0, 24.0]]  # apart
     world.render()
-    world.pos[1] = world.pos[0] + 1.0
+    world.pos[1] = world.pos[0]  # the larger circle in front of the smaller one
     world.render()
-    assert [state["overlap"] for state in world.truth] == [False, True]
+    world.pos[1] = world.pos[0] + [6.0, 0.0]  # in front, its centre on the smaller one's edge
+    world.render()
+    visible = np.array([state["visible"] for state in world.truth])  # [frames, shapes]
+    np.testing.assert_array_equal(visible[:2], [[1.0, 1.0], [0.0, 1.0]])
+    assert 0.3 < visible[2, 0] < 0.7 and visible[2, 1] == 1.0  # about half of it shows
 
 
 def test_control_stream_drives_shape_zero():

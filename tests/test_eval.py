@@ -104,16 +104,35 @@ def test_control_error_is_the_distance_to_the_keypoint():
     assert score(lost, real, control=(red, centres))["control"] == 16  # half the frame
 
 
-def test_first_clip_check_is_split_by_overlap():
+def test_first_clip_check_is_split_by_hidden_shapes():
     zeros = lambda: {metric: np.zeros((4, 2)) for metric in drift.METRICS}
     scores = {"real": zeros(), "model": zeros()}
     scores["real"]["match"][:] = 1.0
-    scores["real"]["overlap"] = np.array([[0, 1], [1, 0], [1, 1], [0, 0]], dtype=np.float64)
+    scores["real"]["hidden"] = np.array([[0, 1], [1, 0], [1, 1], [0, 0]], dtype=np.float64)
     scores["model"]["match"][:, 0] = [1.0, 0.25, 0.5, 0.0]  # passes at >= 0.5: seeds 0 and 2
     text = drift.table(scores, "consistent", 2)
     assert "at least half its frames: real 4/4, model 2/4." in text
-    assert "no shapes overlap in the real clip 1: real 2/2, model 1/2;" in text
-    assert "where some do: real 2/2, model 1/2." in text
+    assert "show at least half of every shape: real 2/2, model 1/2;" in text
+    assert "mostly hidden in them: real 2/2, model 1/2." in text
+
+
+def test_real_clips_flag_a_shape_hidden_by_the_motion_frames():
+    """Counted from pixels: a shape is hidden when its colour covers less than half of what it
+    covers drawn alone, in both motion frames (each shape has its own colour)."""
+    T, m = 8, 2
+    for seed in range(16):
+        world = ShapesWorld(seed)
+        frames = world.frames(m)
+        shown = []
+        for i, colour in enumerate(world.colour):
+            alone = ShapesWorld(seed)
+            for name in ("pos", "vel", "size", "colour", "kind"):
+                setattr(alone, name, getattr(alone, name)[[i]])
+            rgb = list(COLOURS.values())[colour]
+            drawn = [(f == rgb).all(-1).sum((1, 2)) for f in (frames, alone.frames(m))]  # [m]
+            shown.append(max(drawn[0] / drawn[1]))
+        _, clips = drift.real_clips(seed, "consistent", 1, T, m, 32, 5)
+        assert clips[0]["hidden"] == (min(shown) < 0.5), seed
 
 
 def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
@@ -136,7 +155,7 @@ def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
 def test_paired_difference_rows():
     scores = {name: {metric: np.zeros((3, 2)) for metric in drift.METRICS}
               for name in ("real", "clean", "erft")}
-    scores["real"]["overlap"] = np.zeros((3, 2))
+    scores["real"]["hidden"] = np.zeros((3, 2))
     scores["clean"]["count"][:] = [[1, 2], [2, 4], [3, 6]]
     scores["erft"]["count"][:] = [[1, 1], [2, 3], [3, 5]]  # one less at clip 2 in every world
     text = drift.table(scores, "consistent", 2, versus="clean")
