@@ -73,8 +73,9 @@ def euler_sample(velocity, noise, steps: int, shift: float = 1.0, guidance: floa
     time t' from them, with a share eta of the noise drawn anew (from `generator`):
         x_t' = (1 - t') x0_hat + t' (sqrt(1 - eta^2) noise_hat + eta z),   z ~ N(0, I)
     eta = 0 is exactly the Euler step x_t' = x_t + (t' - t) v of the flow's ODE; eta = 1 keeps
-    only the data estimate and re-noises it (the ancestral step of DDPM and of multistep
-    consistency sampling), which lets a small model wash out its own mistakes of earlier steps.
+    only the data estimate and re-noises it (as multistep consistency sampling does; DDPM's
+    ancestral step would keep a share sqrt(1 - eta^2) = (1 - t) t' / ((1 - t') t) of noise_hat),
+    which lets a small model wash out its own mistakes of earlier steps.
     """
     ts = schedule(steps, shift).to(noise.device)
     x = noise
