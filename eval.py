@@ -4,6 +4,8 @@ eval.py: the drift benchmark. Do long rollouts stay like the world, clip after c
     python eval.py --ckpt clean=checkpoints/clean.pt --ckpt erft=checkpoints/erft.pt --versus clean
     python eval.py --ckpt erft=checkpoints/erft.pt --setting creative --seeds 16 --chunks 50
     python eval.py --quick --ckpt base=out/ckpt.pt            # a small, fast run
+    python eval.py --setting consistent --chunks 1 --seeds 64 --noise-seed 1 \
+        --ckpt base=checkpoints/base.pt          # the first-clip check, another draw of noise
     python eval.py --setting none --recycled runs/erft/ckpt.pt --ckpt clean=checkpoints/clean.pt \
         --ckpt erft=checkpoints/erft.pt          # the loss with an ERFT run's banked errors
 
@@ -167,8 +169,10 @@ def real_clips(seed, setting, chunks, T, m, res, event_every):
     return first, clips
 
 
-def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=None):
-    """Scores [method][metric] -> [seeds, chunks], for the real video ("real") and each model;
+def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=None,
+             noise_seed=0):
+    """Scores [method][metric] -> [seeds, chunks], for the real video ("real") and each model,
+    whose sampler draws its noise from noise_seed (the same noise for every model);
     scores["real"]["hidden"] is 1 where the real motion frames of a clip show less than half of
     some shape, in each of them (the world's truth): no model can know what is behind."""
     some = next(iter(models.values()))
@@ -192,7 +196,7 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
         else:
             model = models[name]
             device = next(model.parameters()).device
-            gen = torch.Generator().manual_seed(0)  # the same noise for every model
+            gen = torch.Generator().manual_seed(noise_seed)
             clips = rollout(model, first.to(device), None if anchor is None else anchor.to(device),
                             prompts, controls, chunks, gen, **sampling)
             fakes = ([to_uint8(video) for video in clip] for clip in clips)
@@ -359,6 +363,11 @@ def parse_args(argv=None):
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--eta", type=float, default=1.0,
                    help="share of the noise drawn anew at each step (0: the ODE; sample.py's)")
+    p.add_argument("--shift", type=float, default=0.0,
+                   help="> 0: sample with this schedule shift (default: the checkpoint's)")
+    p.add_argument("--noise-seed", type=int, default=0,
+                   help="seed of the sampler's noise, the same for every model (the worlds' "
+                        "seeds stay 0 .. seeds - 1)")
     p.add_argument("--versus", default="", metavar="NAME",
                    help="also each method's paired difference to this one (e.g. clean)")
     p.add_argument("--out", default="eval_out", help="folder for results.md, curves.png, video")
@@ -375,6 +384,8 @@ def main(args):
                 if getattr(args, n) <= 0]
     named = [c.split("=", 1) if "=" in c else [os.path.basename(os.path.dirname(c)) or c, c]
              for c in args.ckpt]
+    if args.shift < 0:
+        problems.append(f"--shift must be positive (or 0: the checkpoint's), got {args.shift}")
     if not 0 <= args.eta <= 1:
         problems.append(f"--eta must be in [0, 1], got {args.eta}")
     if not named:
@@ -402,7 +413,8 @@ def main(args):
         model.shift = ckpt["train_cfg"]["shift"]
         models[name] = model
     some = next(iter(models.values()))
-    sampling = dict(steps=args.steps, shift=some.shift, guidance=args.guidance, eta=args.eta)
+    sampling = dict(steps=args.steps, shift=args.shift or some.shift, guidance=args.guidance,
+                    eta=args.eta)
     os.makedirs(args.out, exist_ok=True)
     settings = {"all": SETTINGS, "none": []}.get(args.setting, [args.setting])
     all_scores, report = {}, []
@@ -416,7 +428,7 @@ def main(args):
     for setting in settings:
         video = os.path.join(args.out, f"side_by_side_{setting}.mp4")
         all_scores[setting] = evaluate(models, setting, args.seeds, args.chunks, args.event_every,
-                                       sampling, video)
+                                       sampling, video, args.noise_seed)
         report.append(table(all_scores[setting], setting, args.chunks, args.versus))
         np.savez(os.path.join(args.out, f"scores_{setting}.npz"),  # per seed and clip, [S, N]
                  **{f"{name}/{metric}": values for name, by_metric in all_scores[setting].items()
@@ -424,7 +436,8 @@ def main(args):
         print(report[-1], flush=True)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(f"{args.seeds} seeds x {args.chunks} clips, {args.steps} steps, eta {args.eta}, "
-                f"guidance {args.guidance}; checkpoints: {', '.join(args.ckpt)}\n\n"
+                f"guidance {args.guidance}, shift {sampling['shift']}, noise seed "
+                f"{args.noise_seed}; checkpoints: {', '.join(args.ckpt)}\n\n"
                 + "\n".join(report))
     if all_scores:
         plot(all_scores, os.path.join(args.out, "curves.png"))

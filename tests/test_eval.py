@@ -152,6 +152,18 @@ def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
     assert not np.isnan(scores["conditional"]["base"]["control"]).any()
 
 
+def test_noise_seed_changes_the_samples_not_the_worlds(base_ckpt):
+    model = from_checkpoint(base_ckpt)[0]
+    model.motion_frames = 2
+    sampling = dict(steps=2, shift=1.0, guidance=1.0, eta=1.0)
+    runs = [drift.evaluate({"m": model}, "consistent", 2, 1, 5, sampling, noise_seed=seed)
+            for seed in (0, 0, 1)]
+    for metric in ("palette", "sharpness"):
+        np.testing.assert_array_equal(runs[0]["m"][metric], runs[1]["m"][metric])  # seeded
+        assert (runs[0]["m"][metric] != runs[2]["m"][metric]).any()  # another draw
+        np.testing.assert_array_equal(runs[0]["real"][metric], runs[2]["real"][metric])
+
+
 def test_paired_difference_rows():
     scores = {name: {metric: np.zeros((3, 2)) for metric in drift.METRICS}
               for name in ("real", "clean", "erft")}
@@ -182,7 +194,8 @@ def test_recycled_losses_use_the_run_banks(tmp_path, base_ckpt, capsys):
 def test_bad_eval_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         drift.main(drift.parse_args(["--ckpt", "x=missing.pt", "--seeds", "0", "--eta", "-1",
-                                     "--versus", "y"]))
+                                     "--versus", "y", "--shift", "-2"]))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "no such file" in err and "--seeds must be positive" in err
     assert "--eta must be in [0, 1]" in err and "--versus y: not one of the --ckpt names" in err
+    assert "--shift must be positive" in err
