@@ -30,8 +30,8 @@ network:
 as they are and with the errors banked by an ERFT run injected.
 
 Outputs in --out: results.md (mean and 95% interval over seeds, first clip, last clip, drift),
-curves.png (each metric per clip), side_by_side_SETTING.mp4 (real | each method, first seed) and
-scores_SETTING.npz (every value per seed and clip, keyed "method/metric", for further analysis).
+curves.png (each metric per clip), side_by_side_SETTING.mp4 (real | each method, for the world
+--video-seed) and scores_SETTING.npz (every value per seed and clip, keyed "method/metric").
 """
 import argparse
 import os
@@ -170,7 +170,7 @@ def real_clips(seed, setting, chunks, T, m, res, event_every):
 
 
 def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=None,
-             noise_seed=0):
+             noise_seed=0, video_seed=0):
     """Scores [method][metric] -> [seeds, chunks], for the real video ("real") and each model,
     whose sampler draws its noise from noise_seed (the same noise for every model);
     scores["real"]["hidden"] is 1 where the real motion frames of a clip show less than half of
@@ -189,7 +189,7 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
               for name in ["real", *models]}
     scores["real"]["hidden"] = np.array([[c["hidden"] for c in clips] for _, clips in reals],
                                         dtype=np.float64)  # [seeds, chunks]
-    shown = {name: [] for name in ["real", *models]}  # seed 0's frames, for the video
+    shown = {name: [] for name in ["real", *models]}  # video_seed's frames, for the video
     for name in ["real", *models]:  # per clip, uint8 frames of every seed
         if name == "real":  # the real video scored against itself: the ideal values
             fakes = ([c[k]["frames"] for _, c in reals] for k in range(chunks))
@@ -206,7 +206,7 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
                 for metric, value in score_clip(fake[s], real["frames"], real["background"],
                                                 real.get("control")).items():
                     scores[name][metric][s, k] = value
-            shown[name].append(fake[0])
+            shown[name].append(fake[video_seed])
     if video_path:
         writer = VideoWriter(video_path)
         for k in range(chunks):  # real | each method, side by side
@@ -368,6 +368,8 @@ def parse_args(argv=None):
     p.add_argument("--noise-seed", type=int, default=0,
                    help="seed of the sampler's noise, the same for every model (the worlds' "
                         "seeds stay 0 .. seeds - 1)")
+    p.add_argument("--video-seed", type=int, default=0,
+                   help="the world the side-by-side video shows (0 .. seeds - 1)")
     p.add_argument("--versus", default="", metavar="NAME",
                    help="also each method's paired difference to this one (e.g. clean)")
     p.add_argument("--out", default="eval_out", help="folder for results.md, curves.png, video")
@@ -386,6 +388,8 @@ def main(args):
              for c in args.ckpt]
     if args.shift < 0:
         problems.append(f"--shift must be positive (or 0: the checkpoint's), got {args.shift}")
+    if not 0 <= args.video_seed < args.seeds:
+        problems.append(f"--video-seed must be in [0, --seeds), got {args.video_seed}")
     if not 0 <= args.eta <= 1:
         problems.append(f"--eta must be in [0, 1], got {args.eta}")
     if not named:
@@ -428,7 +432,7 @@ def main(args):
     for setting in settings:
         video = os.path.join(args.out, f"side_by_side_{setting}.mp4")
         all_scores[setting] = evaluate(models, setting, args.seeds, args.chunks, args.event_every,
-                                       sampling, video, args.noise_seed)
+                                       sampling, video, args.noise_seed, args.video_seed)
         report.append(table(all_scores[setting], setting, args.chunks, args.versus))
         np.savez(os.path.join(args.out, f"scores_{setting}.npz"),  # per seed and clip, [S, N]
                  **{f"{name}/{metric}": values for name, by_metric in all_scores[setting].items()

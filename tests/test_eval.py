@@ -2,6 +2,7 @@
 Run: python -m pytest tests/test_eval.py"""
 import os
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 
@@ -164,6 +165,18 @@ def test_noise_seed_changes_the_samples_not_the_worlds(base_ckpt):
         np.testing.assert_array_equal(runs[0]["real"][metric], runs[2]["real"][metric])
 
 
+def test_the_video_shows_the_world_asked_for(tmp_path, base_ckpt):
+    model = from_checkpoint(base_ckpt)[0]
+    model.motion_frames = 2
+    sampling = dict(steps=2, shift=1.0, guidance=1.0, eta=1.0)
+    path = str(tmp_path / "side.gif")
+    drift.evaluate({"m": model}, "consistent", 3, 1, 5, sampling, path, video_seed=2)
+    shown = iio.imread(path)[:, ::4, :16 * 4:4].astype(float)  # [T, H, W, 3] the real panel
+    worlds = [drift.real_clips(s, "consistent", 1, 4, 2, 16, 5)[1][0]["frames"] for s in range(3)]
+    gaps = [np.abs(shown - world).mean() for world in worlds]
+    assert np.argmin(gaps) == 2 and gaps[2] < 2
+
+
 def test_paired_difference_rows():
     scores = {name: {metric: np.zeros((3, 2)) for metric in drift.METRICS}
               for name in ("real", "clean", "erft")}
@@ -194,8 +207,9 @@ def test_recycled_losses_use_the_run_banks(tmp_path, base_ckpt, capsys):
 def test_bad_eval_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         drift.main(drift.parse_args(["--ckpt", "x=missing.pt", "--seeds", "0", "--eta", "-1",
-                                     "--versus", "y", "--shift", "-2"]))
+                                     "--versus", "y", "--shift", "-2",
+                                     "--video-seed", "3"]))
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "no such file" in err and "--seeds must be positive" in err
     assert "--eta must be in [0, 1]" in err and "--versus y: not one of the --ckpt names" in err
-    assert "--shift must be positive" in err
+    assert "--shift must be positive" in err and "--video-seed must be in [0, --seeds)" in err
