@@ -35,7 +35,6 @@ curves.png (each metric per clip), side_by_side_SETTING.mp4 (real | each method,
 """
 import argparse
 import os
-import sys
 import warnings
 
 import numpy as np
@@ -47,7 +46,7 @@ from errors import ErrorBank, inject
 from flow import flow_loss, interpolate, velocity_target
 from model import from_checkpoint, load_checkpoint
 from sample import rollout
-from train import TrainConfig, make_batch
+from train import TrainConfig, fail, make_batch
 
 OFF_PALETTE = 48.0   # RGB distance beyond which a pixel matches no palette colour
 MIN_AREA = 3         # pixels a connected blob needs to count as an object
@@ -403,16 +402,13 @@ def main(args):
         problems.append("--ckpt names must differ")
     if args.versus and args.versus not in [name for name, _ in named]:
         problems.append(f"--versus {args.versus}: not one of the --ckpt names")
-    if problems:
-        print("error: " + "\nerror: ".join(problems), file=sys.stderr)
-        sys.exit(2)
+    fail(problems)
     models = {}
     for name, path in named:
         try:
             model, ckpt = from_checkpoint(path, device=args.device)
         except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            fail([str(err)])
         model.motion_frames = ckpt["train_cfg"]["motion_frames"]
         model.shift = ckpt["train_cfg"]["shift"]
         models[name] = model
@@ -426,8 +422,7 @@ def main(args):
         try:
             report.append(recycled_table(recycled_losses(models, args.recycled), args.recycled))
         except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
+            fail([str(err)])
         print(report[-1], flush=True)
     for setting in settings:
         video = os.path.join(args.out, f"side_by_side_{setting}.mp4")
