@@ -20,6 +20,7 @@ bitwise identical, on CPU, to one that never stopped.
 """
 import argparse
 import dataclasses
+import gc
 import json
 import math
 import os
@@ -416,8 +417,10 @@ def main(cfg: TrainConfig):
                 for k, v in merged_state_dict(ema.state_dict()).items()}
         os.makedirs(os.path.dirname(cfg.export) or ".", exist_ok=True)
         save_checkpoint(cfg.export, dict(ema=half, step=step, **configs))
-    if ddp:
+    if ddp:  # leave together, and free what still holds the group while python is whole:
+        dist.barrier()  # gloo threads met at interpreter exit can abort a finished rank
         dist.destroy_process_group()
+        gc.collect()
     return model, ema, bank_vid, bank_noise
 
 

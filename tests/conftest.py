@@ -1,14 +1,23 @@
 """Shared helpers: a training configuration small enough to run in seconds on a CPU, and a tiny
 trained checkpoint."""
 import os
+import subprocess
 import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 import train  # noqa: E402
 from train import TrainConfig  # noqa: E402
+
+
+def run(cmd: list[str]):
+    """Run a command from the repository root on one thread each; a failure shows its stderr."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{' '.join(cmd)}\nexit {done.returncode}\n{done.stderr[-3000:]}"
 
 
 def tiny_config(out, **overrides) -> TrainConfig:

@@ -15,9 +15,8 @@ import torch
 
 import sample
 import train
-from conftest import tiny_config
+from conftest import ROOT, run, tiny_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 TINY = ["--frames", "4", "--resolution", "16", "--batch-size", "2", "--warmup", "2",
         "--sample-every", "1000", "--sample-steps", "2", "--ckpt-every", "1", "--log-every", "1",
@@ -30,8 +29,7 @@ def train_cmd(out, steps, *extra):
 
 def test_sigkill_at_random_moments_then_resume_is_bitwise_identical(tmp_path):
     steps = 60
-    subprocess.run(train_cmd(tmp_path / "straight", steps), cwd=ROOT, env=ENV, check=True,
-                   capture_output=True, timeout=300)
+    run(train_cmd(tmp_path / "straight", steps))
     straight = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)
     rng = random.Random(0)
     for trial in range(3):
@@ -71,10 +69,10 @@ def test_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, monkeypa
         torch.save(state, path)
     else:
         path.write_bytes(pickle.dumps(state))
-    for run in (lambda: train.main(tiny_config(tmp_path / "out", init_from=str(path))),
+    for entry in (lambda: train.main(tiny_config(tmp_path / "out", init_from=str(path))),
                 lambda: sample.main(sample.parse_args(["--ckpt", str(path)]))):
         with pytest.raises(SystemExit) as exit_info:
-            run()
+            entry()
         assert exit_info.value.code == 2 and "refused" in capsys.readouterr().err
     assert not (tmp_path / "PWNED").exists()
 
@@ -134,12 +132,12 @@ def test_more_bad_training_flags(tmp_path, monkeypatch, capsys, flags, message):
 def test_sample_and_eval_outputs_under_a_file_are_rejected(tmp_path, base_ckpt, capsys):
     import eval as drift
     (tmp_path / "a_file").write_text("x")
-    for run in (lambda: sample.main(sample.parse_args(["--ckpt", base_ckpt, "--out",
+    for entry in (lambda: sample.main(sample.parse_args(["--ckpt", base_ckpt, "--out",
                                                        str(tmp_path / "a_file" / "v.mp4")])),
                 lambda: drift.main(drift.parse_args(["--ckpt", base_ckpt, "--out",
                                                      str(tmp_path / "a_file" / "eval")]))):
         with pytest.raises(SystemExit) as exit_info:
-            run()
+            entry()
         assert exit_info.value.code == 2 and "writable folder" in capsys.readouterr().err
 
 

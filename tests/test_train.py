@@ -1,7 +1,6 @@
 """Training and sampling end to end, on tiny settings. Run: python -m pytest tests/test_train.py"""
 import os
 import socket
-import subprocess
 import sys
 
 import imageio.v3 as iio
@@ -12,10 +11,7 @@ import torch
 import sample
 import train
 from model import condition, from_checkpoint, merged_state_dict, tokenize
-from conftest import tiny_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from conftest import run, tiny_config
 
 class Crash(Exception):
     pass
@@ -190,8 +186,7 @@ def test_torchrun_banks_errors_of_both_ranks_during_warmup(tmp_path, base_ckpt):
                "--batch-size", "4", "--frames", "4", "--resolution", "16", "--buckets", "1",
                "--capacity", "64", "--sample-every", "100", "--warmup-gather", str(gather),
                "--out", str(out), "--device", "cpu"]
-        env = dict(os.environ, OMP_NUM_THREADS="1")
-        subprocess.run(cmd, cwd=ROOT, check=True, env=env, capture_output=True, timeout=300)
+        run(cmd)
         ckpt = torch.load(out / "ckpt.pt", weights_only=True)
         counts[gather] = int(ckpt["bank_vid"]["count"].sum())
         assert int(ckpt["bank_noise"]["count"].sum()) == counts[gather]
@@ -203,14 +198,10 @@ def test_two_ranks_make_the_same_update_as_one_process_with_the_whole_batch(tmp_
     common = ["train.py", "--init-from", base_ckpt, "--steps", "2", "--batch-size", "4",
               "--frames", "4", "--resolution", "16", "--sample-every", "100", "--device", "cpu",
               "--lr", "1e-2", "--warmup", "1"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    port = free_port()
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                    "--master_port", port, *common, "--out", str(tmp_path / "ddp")],
-                   cwd=ROOT, check=True, env=env, capture_output=True, timeout=300)
+    run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         "--master_port", free_port(), *common, "--out", str(tmp_path / "ddp")])
     # one process, the same 4 clips as two micro-batches of 2 (the ranks' shards), accumulated
-    subprocess.run([sys.executable, *common, "--micro-batch", "2", "--out", str(tmp_path / "one")],
-                   cwd=ROOT, check=True, env=env, capture_output=True, timeout=300)
+    run([sys.executable, *common, "--micro-batch", "2", "--out", str(tmp_path / "one")])
     ddp, one = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True)["model"]
                 for d in ("ddp", "one"))
     base = torch.load(base_ckpt, weights_only=True)["ema"]
