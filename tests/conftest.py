@@ -13,10 +13,12 @@ import train  # noqa: E402
 from train import TrainConfig  # noqa: E402
 
 
+ENV = dict(os.environ, OMP_NUM_THREADS="1")  # child processes: one thread each
+
+
 def run(cmd: list[str]):
-    """Run a command from the repository root on one thread each; a failure shows its stderr."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    """Run a command from the repository root; a failure shows its stderr."""
+    done = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"{' '.join(cmd)}\nexit {done.returncode}\n{done.stderr[-3000:]}"
 
 

@@ -1,6 +1,5 @@
 """Nothing lost on a crash, bad input rejected clearly, checkpoints safe to load.
 Run: python -m pytest tests/test_reliability.py"""
-import os
 import pickle
 import random
 import re
@@ -15,9 +14,8 @@ import torch
 
 import sample
 import train
-from conftest import ROOT, run, tiny_config
+from conftest import ENV, ROOT, run, tiny_config
 
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
 TINY = ["--frames", "4", "--resolution", "16", "--batch-size", "2", "--warmup", "2",
         "--sample-every", "1000", "--sample-steps", "2", "--ckpt-every", "1", "--log-every", "1",
         "--device", "cpu"]
@@ -70,7 +68,7 @@ def test_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, monkeypa
     else:
         path.write_bytes(pickle.dumps(state))
     for entry in (lambda: train.main(tiny_config(tmp_path / "out", init_from=str(path))),
-                lambda: sample.main(sample.parse_args(["--ckpt", str(path)]))):
+                  lambda: sample.main(sample.parse_args(["--ckpt", str(path)]))):
         with pytest.raises(SystemExit) as exit_info:
             entry()
         assert exit_info.value.code == 2 and "refused" in capsys.readouterr().err
@@ -133,9 +131,9 @@ def test_sample_and_eval_outputs_under_a_file_are_rejected(tmp_path, base_ckpt, 
     import eval as drift
     (tmp_path / "a_file").write_text("x")
     for entry in (lambda: sample.main(sample.parse_args(["--ckpt", base_ckpt, "--out",
-                                                       str(tmp_path / "a_file" / "v.mp4")])),
-                lambda: drift.main(drift.parse_args(["--ckpt", base_ckpt, "--out",
-                                                     str(tmp_path / "a_file" / "eval")]))):
+                                                         str(tmp_path / "a_file" / "v.mp4")])),
+                  lambda: drift.main(drift.parse_args(["--ckpt", base_ckpt, "--out",
+                                                       str(tmp_path / "a_file" / "eval")]))):
         with pytest.raises(SystemExit) as exit_info:
             entry()
         assert exit_info.value.code == 2 and "writable folder" in capsys.readouterr().err

@@ -13,6 +13,7 @@ import train
 from model import condition, from_checkpoint, merged_state_dict, tokenize
 from conftest import run, tiny_config
 
+
 class Crash(Exception):
     pass
 
