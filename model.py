@@ -10,7 +10,8 @@ Notable features:
 - spatio-temporal patches (patch_t frames x patch_s x patch_s pixels) -> one token each;
 - adaLN-Zero blocks (DiT, Peebles & Xie 2023): flow time modulates every block, and the output
   layer starts at zero, so an untrained model predicts v = 0 exactly;
-- full attention over all tokens of a clip through F.scaled_dot_product_attention;
+- full attention over all tokens of a clip through F.scaled_dot_product_attention, with 3-D
+  rotary positions (frame, row, column, as Wan) on top of the sinusoidal token embedding;
 - conditioning concatenated on channels, as in Wan image-to-video: the input is [x_t, mask, cond],
   where cond holds the motion frames (the last frames of the previous clip) in their slots and,
   after them, the anchor image repeated ("shot" mode) or zeros ("film" mode), and mask marks the
@@ -37,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 class DiTConfig:
     width: int = 128          # D, the token width
     depth: int = 4            # number of DiT blocks
-    heads: int = 2            # attention heads (head size = width // heads)
+    heads: int = 4            # attention heads (head size = width // heads)
     mlp_ratio: float = 4.0    # hidden width of the MLPs, as a multiple of D
     frames: int = 8           # T, frames per clip
     resolution: int = 32      # H = W, pixels
@@ -48,13 +49,13 @@ class DiTConfig:
     text_width: int = 128     # width of the text encoder
     text_depth: int = 2       # transformer layers of the text encoder
     control_dim: int = 2      # size of the per-frame control vector (a keypoint x, y)
-    rope: bool = False        # 3-D rotary positions in the DiT's attention (as Wan), on top of
+    rope: bool = True         # 3-D rotary positions in the DiT's attention (as Wan), on top of
                               # the sinusoidal embedding of the tokens
 
 
 # The DiT paper's sizes (S, B, L, XL); T is the tiny one that trains on a laptop CPU.
 PRESETS = {
-    "T": dict(width=128, depth=4, heads=2),
+    "T": dict(width=128, depth=4, heads=4),
     "S": dict(width=384, depth=12, heads=6),
     "B": dict(width=768, depth=12, heads=12),
     "L": dict(width=1024, depth=24, heads=16),

@@ -67,7 +67,7 @@ class TrainConfig:
     text_depth: int = 0           # > 0: override the text encoder's depth (2)
     patch_t: int = 2              # frames per token
     patch_s: int = 4              # pixels per token side
-    rope: bool = False            # 3-D rotary positions in attention (model.rope_angles)
+    rope: bool = True             # 3-D rotary positions in attention (model.rope_angles)
     lora_rank: int = 0            # > 0: fine-tune low-rank adapters instead of all weights
     # optimisation
     steps: int = 1600             # total optimiser steps
