@@ -1,4 +1,6 @@
 """The video DiT. Run: python -m pytest tests/test_model.py"""
+from dataclasses import replace
+
 import torch
 
 from flow import flow_loss, interpolate, velocity_target
@@ -90,6 +92,20 @@ def test_prompt_and_control_change_the_output():
     control = torch.full((1, CFG.frames, 2), 0.3)
     steered = model(x, t, cond, ids, mask, control)
     assert not torch.allclose(base, other) and not torch.allclose(base, steered)
+
+
+def test_rotary_positions_add_no_weights_and_can_be_left_out():
+    """Rotary positions are on by default; --no-rope gives the same weights another function."""
+    assert CFG.rope
+    torch.manual_seed(0)
+    with_rope = VideoDiT(CFG)
+    for p in with_rope.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    without = VideoDiT(replace(CFG, rope=False))
+    without.load_state_dict(with_rope.state_dict())  # strict: rope has no parameters
+    x, t, cond, ids, mask = inputs()
+    a, b = with_rope(x, t, cond, ids, mask), without(x, t, cond, ids, mask)
+    assert a.shape == b.shape == x.shape and not torch.allclose(a, b)
 
 
 def test_overfits_one_batch():
