@@ -379,6 +379,7 @@ def load_checkpoint(path: str) -> dict:
                          f"arbitrary unpickling, or the file is damaged): {first_line}")
     if not isinstance(ckpt, dict) or "model_cfg" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint written by svi's train.py")
+    ckpt["model_cfg"].setdefault("rope", False)  # written before rotary positions existed
     return ckpt
 
 

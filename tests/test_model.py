@@ -1,11 +1,11 @@
 """The video DiT. Run: python -m pytest tests/test_model.py"""
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import torch
 
 from flow import flow_loss, interpolate, velocity_target
-from model import (DiTConfig, VideoDiT, add_lora, condition, merged_state_dict, patchify,
-                   rope_angles, rotate, tokenize, unpatchify)
+from model import (DiTConfig, VideoDiT, add_lora, condition, load_checkpoint, merged_state_dict,
+                   patchify, rope_angles, rotate, tokenize, unpatchify)
 
 CFG = DiTConfig(width=64, depth=2, heads=2, frames=4, resolution=16)
 
@@ -106,6 +106,15 @@ def test_rotary_positions_add_no_weights_and_can_be_left_out():
     x, t, cond, ids, mask = inputs()
     a, b = with_rope(x, t, cond, ids, mask), without(x, t, cond, ids, mask)
     assert a.shape == b.shape == x.shape and not torch.allclose(a, b)
+
+
+def test_a_checkpoint_from_before_rotary_positions_loads_without_them(tmp_path):
+    old_cfg = asdict(replace(CFG, rope=False))
+    del old_cfg["rope"]  # such checkpoints do not name the field
+    torch.save({"model_cfg": old_cfg}, tmp_path / "old.pt")
+    torch.save({"model_cfg": asdict(CFG)}, tmp_path / "new.pt")
+    assert load_checkpoint(str(tmp_path / "old.pt"))["model_cfg"]["rope"] is False
+    assert load_checkpoint(str(tmp_path / "new.pt"))["model_cfg"]["rope"] is True
 
 
 def test_overfits_one_batch():
