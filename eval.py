@@ -160,7 +160,7 @@ def real_clips(seed, setting, chunks, T, m, res, event_every):
         shown = np.stack([world.truth[t]["visible"] for t in times[:m]])  # [m, shapes]
         clip = dict(frames=frames, prompt=world.prompt(), background=world.background,
                     stream=np.stack([world.control_vector(s) for s in times]),
-                    hidden=bool((shown.max(0) < 0.5).any()))  # a shape its motion frames hide
+                    hidden=bool((shown.max(0) < 0.5).any()))  # a shape mostly behind another
         if setting == "conditional":
             keypoints = np.stack([world.keypoint(s["time"]) for s in world.truth[-len(frames):]])
             clip["control"] = (int(world.colour[0]), keypoints)
@@ -173,7 +173,7 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
     """Scores [method][metric] -> [seeds, chunks], for the real video ("real") and each model,
     whose sampler draws its noise from noise_seed (the same noise for every model);
     scores["real"]["hidden"] is 1 where the real motion frames of a clip show less than half of
-    some shape, in each of them (the world's truth): no model can know what is behind."""
+    some shape, in each of them (the world's truth): a shape mostly behind another."""
     some = next(iter(models.values()))
     T, res, m = some.cfg.frames, some.cfg.resolution, some.motion_frames
     reals = [real_clips(s, setting, chunks, T, m, res, event_every) for s in range(seeds)]
@@ -312,7 +312,7 @@ def table(scores, setting, chunks, versus="") -> str:
     kept = lambda which: ", ".join(
         f"{name} {int((by_metric['match'][which, 0] >= 0.5).sum())}/{int(which.sum())}"
         for name, by_metric in scores.items())
-    hidden = scores["real"]["hidden"][:, 0] > 0  # [seeds]: the first frames hide a shape
+    hidden = scores["real"]["hidden"][:, 0] > 0  # [seeds]: the first frames mostly hide a shape
     lines += ["", "Rollouts whose clip 1 has the real object count and colours in at least half "
               f"its frames: {kept(np.ones_like(hidden))}. Of them, those whose conditioning "
               f"frames show at least half of every shape: {kept(~hidden)}; those where a shape "
