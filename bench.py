@@ -3,6 +3,7 @@ bench.py: speed and memory of svi, as ratios measured side by side in one run.
 
     python bench.py            # about 6 minutes on a 2-core CPU
     python bench.py --quick    # a smoke run (seconds), figures not meaningful
+    python bench.py --gpu      # the computed FLOPs and memory of the README's GPU recipe
 
 It prints:
 1. training clips/s and achieved FLOP/s at presets T and S (FLOPs of a real training step counted
@@ -28,27 +29,61 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import train
-from data import ShapesSource, ShapesWorld, to_unit
+from data import ShapesSource, ShapesWorld
 from flow import flow_loss, interpolate, velocity_target
-from model import PRESETS, DiTConfig, VideoDiT, from_checkpoint
-from sample import rollout
+from model import (PRESETS, DiTConfig, VideoDiT, condition, device_problems, from_checkpoint,
+                   load_checkpoint, pick_device, tokenize)
+from sample import rollout, world_start
 
 
-def matmul_flops(n=1024, repeats=20) -> float:
+def gpu_table(frames=16, resolution=64, motion=4, batch=64, presets=tuple(PRESETS)) -> list:
+    """Per preset, computed and not measured: (name, parameters, the FLOPs of one training step
+    of `batch` clips, a memory estimate in bytes). FLOPs of the forward and backward pass are
+    counted by torch.utils.flop_counter on the meta device, which holds shapes only. Memory: 20
+    bytes per parameter (fp32 weights, gradients, AdamW's two moments and the EMA) plus bf16
+    activations of 34 bytes per token, channel and block (Korthikanti et al. 2022, without the
+    attention matrix, which scaled_dot_product_attention never stores)."""
+    rows = []
+    for preset in presets:
+        cfg = DiTConfig(frames=frames, resolution=resolution, **PRESETS[preset])
+        with torch.device("meta"):
+            model = VideoDiT(cfg)
+            x = torch.zeros(1, 3, frames, resolution, resolution)
+            ids, mask = tokenize([""], cfg.text_len)
+            with FlopCounterMode(display=False) as counter:
+                v_hat = model(x, torch.zeros(1), condition(x[:, :, :motion], x[:, :, 0], frames),
+                              ids, mask)
+                flow_loss(v_hat, x).backward()
+        tokens = (frames // cfg.patch_t) * (resolution // cfg.patch_s) ** 2
+        memory = 20 * model.num_params() + 34 * tokens * cfg.width * cfg.depth * batch
+        rows.append((preset, model.num_params(), counter.get_total_flops() * batch, memory))
+    return rows
+
+
+def wait(device):
+    """Block until the device has done its queued work (CUDA runs asynchronously)."""
+    if "cuda" in str(device):
+        torch.cuda.synchronize(device)
+
+
+def matmul_flops(n=1024, repeats=20, device="cpu") -> float:
     """fp32 FLOP/s of a square matmul, the best of a few timings."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     best = float("inf")
     for _ in range(repeats):
+        wait(device)
         start = time.perf_counter()
         a @ b
+        wait(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n ** 3 / best
 
 
-def training_speed(preset: str, batch: int, steps: int):
-    """Clips/s and FLOP/s of full training steps (data, forward, backward, AdamW)."""
+def training_speed(preset: str, batch: int, steps: int, device="cpu"):
+    """Clips/s and FLOP/s of full training steps (data, forward, backward, AdamW), in fp32."""
     cfg = train.TrainConfig(preset=preset, batch_size=batch)
     model = VideoDiT(DiTConfig(frames=cfg.frames, resolution=cfg.resolution, **PRESETS[preset]))
+    model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     source = ShapesSource(cfg.resolution, cfg.motion_frames)
 
@@ -56,8 +91,8 @@ def training_speed(preset: str, batch: int, steps: int):
         rng = np.random.default_rng([0, i])
         gen = torch.Generator().manual_seed(i)
         x0, noise, t, cond, ids, mask, control = train.make_batch(
-            source, cfg, batch, rng, gen, model.cfg.text_len, "cpu")
-        v_hat = model(interpolate(x0, noise, t), t, cond, ids, mask, control)
+            source, cfg, batch, rng, gen, model.cfg.text_len, device)
+        v_hat = model(interpolate(x0, noise, t), t.to(device), cond, ids, mask, control)
         loss = flow_loss(v_hat, velocity_target(x0, noise))
         optimizer.zero_grad()
         loss.backward()
@@ -67,9 +102,11 @@ def training_speed(preset: str, batch: int, steps: int):
         step(0)
     flops = counter.get_total_flops()
     step(1)  # warm-up
+    wait(device)
     start = time.perf_counter()
     for i in range(steps):
         step(2 + i)
+    wait(device)
     seconds = (time.perf_counter() - start) / steps
     return batch / seconds, flops / seconds, model.num_params()
 
@@ -81,89 +118,109 @@ def seconds_per_step(out, **flags):
     return records[-1]["sec_per_step"]
 
 
-def clip_times(ckpt: str, chunks: int):
+def clip_times(ckpt: str, chunks: int, device="cpu"):
     """Seconds of each clip of one rollout (shot mode, batch 1, 20 Euler steps)."""
-    model, ck = from_checkpoint(ckpt)
-    m = ck["train_cfg"]["motion_frames"]
-    world = ShapesWorld(0, model.cfg.resolution)
-    first = to_unit(world.frames(m))[None]  # [1, C, m, H, W]
-    clips = rollout(model, first, first[:, :, 0], lambda k: [world.prompt()], lambda k: None,
+    model, ck = from_checkpoint(ckpt, device=device)
+    world = ShapesWorld(0, model.cfg.resolution, ck["train_cfg"]["world"])
+    first, anchor = world_start([world], ck["train_cfg"]["motion_frames"], device)
+    clips = rollout(model, first, anchor, lambda k: [world.prompt()], lambda k: None,
                     chunks, torch.Generator().manual_seed(0), steps=20)
     times, start = [], time.perf_counter()
     for _ in clips:
+        wait(device)
         times.append(time.perf_counter() - start)
         start = time.perf_counter()
     return np.array(times)
 
 
-def peak_memory(ckpt: str, chunks: int, out: str) -> int:
-    """Peak resident memory (bytes) of `python sample.py --chunks N` in its own process."""
+def peak_memory(ckpt: str, chunks: int, out: str, device="cpu") -> int:
+    """Peak resident (host) memory in bytes of `python sample.py --chunks N`, in its own
+    process."""
     # VmHWM, the high-water mark of this process's own memory (ru_maxrss would carry over the
     # parent's resident pages at fork)
     code = ("import sys, sample; sample.main(sample.parse_args(sys.argv[1:])); "
             "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])")
     result = subprocess.run([sys.executable, "-c", code, "--ckpt", ckpt, "--chunks", str(chunks),
-                             "--out", out], capture_output=True, text=True, check=True,
+                             "--out", out, "--device", device], capture_output=True, text=True,
+                            check=True,
                             cwd=os.path.dirname(os.path.abspath(__file__)))
     return int(result.stdout.strip().splitlines()[-1]) * 1024  # in KiB
+
+
+def throughput(q, device, say):
+    """1. training clips/s and FLOP/s against this machine's matmul speed."""
+    peak = matmul_flops(256 if q else 1024, 3 if q else 20, device)
+    say(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s")
+    for preset, batch, steps in (("T", 16, 2 if q else 20), ("S", 8, 1 if q else 4)):
+        clips, flops, params = training_speed(preset, batch, steps, device)
+        say(f"training preset {preset} ({params / 1e6:.1f}M parameters, batch {batch}): "
+            f"{clips:.1f} clips/s, {flops / 1e9:.1f} GFLOP/s = {flops / peak:.0%} of matmul")
+
+
+def costs(q, device, say, tmp):
+    """2. the cost of error recycling, 3.-4. time and memory of long rollouts, 5. the banks."""
+    base = os.path.join(tmp, "base")
+    train.main(train.TrainConfig(out=base, steps=1, sample_every=10 ** 6, device=device))
+    init = os.path.join(base, "ckpt.pt")
+
+    # 2. the cost of error recycling
+    steps = 8 if q else 80
+    plain, erft = [], []
+    for r in range(1 if q else 2):
+        common = dict(init_from=init, steps=steps, log_every=steps // 2, device=device)
+        plain.append(seconds_per_step(os.path.join(tmp, f"plain{r}"), **common))
+        erft.append(seconds_per_step(os.path.join(tmp, f"erft{r}"), erft=True, **common))
+    say(f"fine-tuning step: plain {np.median(plain):.3f} s, ERFT {np.median(erft):.3f} s, "
+        f"ERFT / plain = {np.median(erft) / np.median(plain):.3f}")
+
+    # 3. and 4. long rollouts: time per clip and memory stay flat
+    long, short = (12, 3) if q else (200, 10)
+    times = clip_times(init, long, device)
+    late, early = np.median(times[-5:]), np.median(times[2:7] if not q else times[:3])
+    say(f"sampling: {early:.3f} s per clip at clip 5, {late:.3f} s at clip {long}, "
+        f"ratio {late / early:.3f}")
+    mem_long = peak_memory(init, long, os.path.join(tmp, "long.mp4"), device)
+    mem_short = peak_memory(init, short, os.path.join(tmp, "short.mp4"), device)
+    say(f"peak memory: {mem_short / 2 ** 20:.0f} MiB for {short} clips, "
+        f"{mem_long / 2 ** 20:.0f} MiB for {long}, ratio {mem_long / mem_short:.3f}")
+
+    # 5. the banks against their bound
+    ckpt = load_checkpoint(os.path.join(tmp, "erft0", "ckpt.pt"))
+    cfg = ckpt["train_cfg"]
+    used = sum(ckpt[b]["errors"].numel() * ckpt[b]["errors"].element_size()
+               for b in ("bank_vid", "bank_noise"))
+    per_error = 3 * cfg["frames"] * cfg["resolution"] ** 2
+    bound = 2 * cfg["buckets"] * cfg["capacity"] * per_error * \
+        torch.empty(0, dtype=getattr(torch, cfg["bank_dtype"])).element_size()
+    filled = int(ckpt["bank_vid"]["count"].sum() + ckpt["bank_noise"]["count"].sum())
+    say(f"error banks: {used} bytes allocated at the first error ({filled} errors stored) "
+        f"against a bound of "
+        f"2 banks x {cfg['buckets']} buckets x {cfg['capacity']} x {per_error} values x "
+        f"{cfg['bank_dtype']} = {bound} bytes ({used / bound:.2f} of it)")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
+    p.add_argument("--gpu", action="store_true",
+                   help="only the computed table of the README's GPU recipe (seconds)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda")
     args = p.parse_args()
+    train.fail(device_problems(args.device))
+    device = pick_device(args.device)
+    if args.gpu:
+        print("16-frame 64x64 clips, 4 motion frames, batch 64 (computed, not measured)\n"
+              "| preset | parameters | TFLOP per step | memory, GB |\n|---|---|---|---|")
+        for name, params, flops, memory in gpu_table():
+            print(f"| {name} | {params / 1e6:.1f}M | {flops / 1e12:.1f} | {memory / 1e9:.1f} |")
+        return
     q = args.quick
     torch.manual_seed(0)
     lines = []
     say = lambda text: (print(text, flush=True), lines.append(text))
-
-    # 1. training throughput against this machine's matmul speed
-    peak = matmul_flops(256 if q else 1024, 3 if q else 20)
-    say(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s")
-    for preset, batch, steps in (("T", 16, 2 if q else 20), ("S", 8, 1 if q else 4)):
-        clips, flops, params = training_speed(preset, batch, steps)
-        say(f"training preset {preset} ({params / 1e6:.1f}M parameters, batch {batch}): "
-            f"{clips:.1f} clips/s, {flops / 1e9:.1f} GFLOP/s = {flops / peak:.0%} of matmul")
-
+    throughput(q, device, say)
     with tempfile.TemporaryDirectory() as tmp:
-        base = os.path.join(tmp, "base")
-        train.main(train.TrainConfig(out=base, steps=1, sample_every=10 ** 6))
-        init = os.path.join(base, "ckpt.pt")
-
-        # 2. the cost of error recycling
-        steps = 8 if q else 80
-        plain, erft = [], []
-        for r in range(1 if q else 2):
-            common = dict(init_from=init, steps=steps, log_every=steps // 2)
-            plain.append(seconds_per_step(os.path.join(tmp, f"plain{r}"), **common))
-            erft.append(seconds_per_step(os.path.join(tmp, f"erft{r}"), erft=True, **common))
-        say(f"fine-tuning step: plain {np.median(plain):.3f} s, ERFT {np.median(erft):.3f} s, "
-            f"ERFT / plain = {np.median(erft) / np.median(plain):.3f}")
-
-        # 3. and 4. long rollouts: time per clip and memory stay flat
-        long, short = (12, 3) if q else (200, 10)
-        times = clip_times(init, long)
-        late, early = np.median(times[-5:]), np.median(times[2:7] if not q else times[:3])
-        say(f"sampling: {early:.3f} s per clip at clip 5, {late:.3f} s at clip {long}, "
-            f"ratio {late / early:.3f}")
-        mem_long = peak_memory(init, long, os.path.join(tmp, "long.mp4"))
-        mem_short = peak_memory(init, short, os.path.join(tmp, "short.mp4"))
-        say(f"peak memory: {mem_short / 2 ** 20:.0f} MiB for {short} clips, "
-            f"{mem_long / 2 ** 20:.0f} MiB for {long}, ratio {mem_long / mem_short:.3f}")
-
-        # 5. the banks against their bound
-        ckpt = torch.load(os.path.join(tmp, "erft0", "ckpt.pt"), weights_only=True)
-        cfg = ckpt["train_cfg"]
-        used = sum(ckpt[b]["errors"].numel() * ckpt[b]["errors"].element_size()
-                   for b in ("bank_vid", "bank_noise"))
-        per_error = 3 * cfg["frames"] * cfg["resolution"] ** 2
-        bound = 2 * cfg["buckets"] * cfg["capacity"] * per_error * \
-            torch.empty(0, dtype=getattr(torch, cfg["bank_dtype"])).element_size()
-        filled = int(ckpt["bank_vid"]["count"].sum() + ckpt["bank_noise"]["count"].sum())
-        say(f"error banks: {used} bytes allocated at the first error ({filled} errors stored) "
-            f"against a bound of "
-            f"2 banks x {cfg['buckets']} buckets x {cfg['capacity']} x {per_error} values x "
-            f"{cfg['bank_dtype']} = {bound} bytes ({used / bound:.2f} of it)")
+        costs(q, device, say, tmp)
     return lines
 
 

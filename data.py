@@ -7,14 +7,20 @@ data.py: where svi's clips come from.
   appears, changes colour, the background changes) and can let one shape follow a control stream
   (a keypoint path). It draws from a fixed palette with hard edges, so every pixel of a real frame
   is a palette colour, which is what makes drift measurable exactly.
+- World and WORLDS: how hard the world is, as a dial (how many shapes, how large, how fast,
+  whether they may pass in front of one another, how many backgrounds, how often events and
+  control paths come), with named presets: easy, medium, hard.
+- ShapesSource: training clips of fresh random worlds of one preset.
 - VideoFolder: a folder of the user's own videos (mp4, gif, webm, avi), with an optional caption
-  per video in a sidecar .txt; it feeds the same clip sampler.
-- Both have clips(batch, frames, rng) -> (video [B, C, T, H, W] in [-1, 1], prompts, control).
+  per video in a sidecar .txt.
+- ShapesSource and VideoFolder both have clips(batch, frames, rng, anchor_gap) -> (video
+  [B, C, T, H, W] in [-1, 1], prompts, control [B, T, 2] (NaN: none), anchor [B, C, H, W]).
 
 Try it: python data.py   (writes shapes.gif, a few clips of the world)
 """
 import os
 import warnings
+from dataclasses import dataclass
 
 import imageio
 import imageio.v3 as iio
@@ -29,7 +35,29 @@ BACKGROUNDS = {"black": (0, 0, 0), "gray": (110, 110, 110), "navy": (20, 20, 80)
                "brown": (90, 50, 20)}
 KINDS = ("circle", "square", "triangle")
 PALETTE = np.array(list(COLOURS.values()) + list(BACKGROUNDS.values()), dtype=np.uint8)  # [K, 3]
-MAX_SHAPES = 3
+REACH = np.array([1.0, 1.21, 1.29])  # the farthest pixel of each kind from its centre, in radii
+
+
+@dataclass(frozen=True)
+class World:
+    """How hard the world is: a dial. Sizes and speeds are shares of the frame side."""
+    shapes: tuple = (1, 3)        # fewest and most shapes in a scene
+    size: tuple = (0.12, 0.2)     # radius range
+    speed: tuple = (0.02, 0.05)   # speed range, per frame
+    overlap: bool = True          # may a shape pass in front of another? (else they bounce)
+    backgrounds: int = 4          # how many of BACKGROUNDS scenes draw from
+    p_event: float = 0.2          # share of training clips with a scene event after their motion
+                                  # frames
+    p_control: float = 0.2        # share of training clips whose shape 0 follows a control path
+
+
+WORLDS = {  # named presets; "hard" is the world of svi's first benchmark (docs/hard-world.md)
+    "easy": World(shapes=(1, 2), size=(0.15, 0.22), speed=(0.02, 0.04), overlap=False,
+                  backgrounds=2),
+    "medium": World(overlap=False),
+    "hard": World(),
+}
+DEFAULT_WORLD = "easy"
 VIDEO_EXTENSIONS = (".mp4", ".gif", ".webm", ".avi")
 
 
@@ -51,26 +79,51 @@ def to_uint8(video: torch.Tensor) -> np.ndarray:
 class ShapesWorld:
     """One world: its state moves one frame per render. Ground truth of every frame rendered is
     appended to self.truth (positions, velocities, sizes, colours, kinds, background, and the
-    share of each shape that is visible, not behind a later one)."""
+    share of each shape that is visible, not behind a later one). `world` is a World or the name
+    of one in WORLDS."""
 
-    def __init__(self, seed: int, resolution: int = 32, n_shapes: int | None = None,
-                 control: bool = False):
-        self.rng = np.random.default_rng(seed)
-        self.res = resolution
-        n = int(self.rng.integers(1, MAX_SHAPES + 1)) if n_shapes is None else n_shapes
-        self.size = resolution * self.rng.uniform(0.12, 0.2, n)          # radius in pixels
-        self.pos = self.rng.uniform(self.size[:, None], resolution - self.size[:, None], (n, 2))
-        speed = resolution * self.rng.uniform(0.02, 0.05, n)             # pixels per frame
-        angle = self.rng.uniform(0, 2 * np.pi, n)
-        direction = np.stack([np.cos(angle), np.sin(angle)], axis=1)     # [n, 2] (x, y)
+    def __init__(self, seed: int, resolution: int = 32, world: "World | str" = DEFAULT_WORLD,
+                 n_shapes: int | None = None, control: bool = False):
+        self.world = WORLDS[world] if isinstance(world, str) else world
+        self.rng = rng = np.random.default_rng(seed)
+        self.res, low, high = resolution, *self.world.shapes
+        n = int(rng.integers(low, high + 1)) if n_shapes is None else n_shapes
+        self.size = resolution * rng.uniform(*self.world.size, n)             # radius in pixels
+        self.pos = rng.uniform(self.size[:, None], resolution - self.size[:, None], (n, 2))
+        speed = resolution * rng.uniform(*self.world.speed, n)               # pixels per frame
+        angle = rng.uniform(0, 2 * np.pi, n)
+        direction = np.stack([np.cos(angle), np.sin(angle)], axis=1)        # [n, 2] (x, y)
         self.vel = speed[:, None] * direction
-        self.colour = self.rng.choice(len(COLOURS), n, replace=False)
-        self.kind = self.rng.integers(0, len(KINDS), n)
-        self.background = int(self.rng.integers(0, len(BACKGROUNDS)))
+        self.colour = rng.choice(len(COLOURS), n, replace=False)
+        self.kind = rng.integers(0, len(KINDS), n)
+        self.background = int(rng.integers(0, self.world.backgrounds))
         self.control = control  # shape 0 follows a Lissajous keypoint path
-        self.path = (self.rng.uniform(0.02, 0.06, 2), self.rng.uniform(0, 2 * np.pi, 2))
+        self.path = (rng.uniform(0.02, 0.06, 2), rng.uniform(0, 2 * np.pi, 2))
         self.time = 0
         self.truth = []
+        if control:
+            self.pos[0] = self.keypoint(0)
+        if not self.world.overlap:  # a shape with no room left is not in the scene
+            keep = [0] + [i for i in range(1, n) if self.place(i)]
+            for name in ("size", "pos", "vel", "colour", "kind"):
+                setattr(self, name, getattr(self, name)[keep])
+
+    def clear(self, i: int, n: int) -> bool:
+        """Is shape i clear of shapes 0 .. n - 1 but itself (a pixel between their reaches)?"""
+        reach = REACH[self.kind[:n]] * self.size[:n]                             # [n] pixels
+        gap = np.linalg.norm(self.pos[:n] - self.pos[i], axis=1) - reach - REACH[self.kind[i]] \
+            * self.size[i]
+        return bool((np.delete(gap, i) > 1.0).all() if i < n else (gap > 1.0).all())
+
+    def place(self, i: int, tries: int = 1000) -> bool:
+        """Redraw shape i's position until it is clear of shapes 0 .. i - 1; False if a crowded
+        frame leaves no room for it."""
+        r = self.size[i]
+        for _ in range(tries):
+            if self.clear(i, i):
+                return True
+            self.pos[i] = self.rng.uniform(r, self.res - r, 2)
+        return False
 
     def prompt(self) -> str:
         names = [f"a {list(COLOURS)[c]} {KINDS[k]}" for c, k in zip(self.colour, self.kind)]
@@ -89,8 +142,12 @@ class ShapesWorld:
         return self.keypoint(time) / self.res * 2 - 1
 
     def step(self):
-        """Constant velocity, elastic bounce off the borders; in control mode shape 0 is on the
-        path."""
+        """Constant velocity, elastic bounce off the borders and, where shapes may not overlap,
+        off each other; in control mode shape 0 is on the path."""
+        if self.control:  # shape 0's move along the path this frame
+            self.vel[0] = self.keypoint(self.time + 1) - self.keypoint(self.time)
+        if not self.world.overlap:
+            self.collide()
         self.pos = self.pos + self.vel
         low, high = self.size[:, None], self.res - self.size[:, None]
         hit = (self.pos < low) | (self.pos > high)
@@ -100,6 +157,44 @@ class ShapesWorld:
         self.time += 1
         if self.control:
             self.pos[0] = self.keypoint(self.time)
+            if not self.world.overlap:
+                self.push_out()
+
+    def push_out(self):
+        """Shapes the control path has run into are pushed out of shape 0's way (to a pixel
+        beyond its reach, kept inside the frame), their velocities turned away from it."""
+        reach = REACH[self.kind] * self.size  # [n] pixels
+        for j in range(1, len(self.pos)):
+            d = self.pos[j] - self.pos[0]
+            dist = max(np.linalg.norm(d), 1e-6)
+            need = reach[0] + reach[j] + 1.0
+            if dist < need:
+                normal = d / dist
+                r = self.size[j]
+                self.pos[j] = np.clip(self.pos[0] + need * normal, r, self.res - r)
+                self.vel[j] = self.vel[j] - 2 * min(0.0, self.vel[j] @ normal) * normal
+
+    def collide(self):
+        """Two shapes whose reaches could touch after this frame's move (and a pixel), and that
+        approach each other, trade the parts of their velocities along the line between them (an
+        elastic collision of equal masses; a shape on the control path is a moving wall)."""
+        reach = REACH[self.kind] * self.size  # [n] pixels
+        for i in range(len(self.pos)):
+            for j in range(i + 1, len(self.pos)):
+                d = self.pos[j] - self.pos[i]  # [2] (x, y)
+                dist = np.linalg.norm(d)
+                margin = np.linalg.norm(self.vel[i] - self.vel[j]) + 1.0  # this frame's move
+                if dist >= reach[i] + reach[j] + margin or dist == 0:
+                    continue
+                normal = d / dist
+                closing = (self.vel[i] - self.vel[j]) @ normal  # > 0: they approach
+                if closing <= 0:
+                    continue
+                if self.control and i == 0:
+                    self.vel[j] = self.vel[j] + 2 * closing * normal
+                else:
+                    self.vel[i] = self.vel[i] - closing * normal
+                    self.vel[j] = self.vel[j] + closing * normal
 
     def render(self) -> np.ndarray:
         """The current frame, uint8 [H, W, 3], and its ground truth appended to self.truth."""
@@ -139,7 +234,8 @@ class ShapesWorld:
     def event(self) -> str:
         """A scene event at a clip boundary: a shape appears, one changes colour, or the
         background changes. Returns a short description; prompt() describes the new scene."""
-        options = ["colour", "background"] + (["appear"] if len(self.kind) < MAX_SHAPES else [])
+        options = ["colour"] + (["background"] if self.world.backgrounds > 1 else []) + \
+            (["appear"] if len(self.kind) < self.world.shapes[1] else [])
         kind = options[int(self.rng.integers(len(options)))]
         if kind == "colour":
             i = int(self.rng.integers(len(self.colour)))
@@ -147,37 +243,43 @@ class ShapesWorld:
             self.colour[i] = self.rng.choice(free)
         elif kind == "background":
             self.background = int(self.rng.choice(
-                np.setdiff1d(np.arange(len(BACKGROUNDS)), [self.background])))
+                np.setdiff1d(np.arange(self.world.backgrounds), [self.background])))
         else:
-            other = ShapesWorld(int(self.rng.integers(2 ** 31)), self.res, 1)
+            other = ShapesWorld(int(self.rng.integers(2 ** 31)), self.res, self.world, 1)
             other.colour[:] = self.rng.choice(np.setdiff1d(np.arange(len(COLOURS)), self.colour))
             for name in ("size", "pos", "vel", "colour", "kind"):
                 setattr(self, name, np.concatenate([getattr(self, name), getattr(other, name)]))
+            if not self.world.overlap and not self.place(len(self.pos) - 1):
+                for name in ("size", "pos", "vel", "colour", "kind"):  # no room: it does not
+                    setattr(self, name, getattr(self, name)[:-1])        # come, the colour
+                self.colour[0] = other.colour[0]                         # of shape 0 changes
+                kind = "colour"
         return kind
 
 
 class ShapesSource:
-    """Training clips of fresh random worlds. A share of them has a scene event right after the
-    motion frames (so film mode learns to follow a new prompt) or shape 0 on a control path."""
+    """Training clips of fresh random worlds of one kind (`world`, a World or a name in WORLDS).
+    A share of them has a scene event right after the motion frames (so film mode learns to
+    follow a new prompt) or shape 0 on a control path."""
 
-    def __init__(self, resolution: int, motion_frames: int, p_event=0.2, p_control=0.2):
+    def __init__(self, resolution: int, motion_frames: int, world: "World | str" = DEFAULT_WORLD):
         self.res, self.motion = resolution, motion_frames
-        self.p_event, self.p_control = p_event, p_control
+        self.world = WORLDS[world] if isinstance(world, str) else world
 
     def clips(self, batch: int, frames: int, rng: np.random.Generator, anchor_gap: int = 0):
         """-> video [B, C, T, H, W], prompts, control [B, T, 2] (NaN: none) and an anchor frame
         [B, C, H, W] of the same world: with anchor_gap 0 a random frame of the clip itself (the
-        SVI 1.0 recipe), else the frame 0 to anchor_gap frames before the clip's first (SVI 2.0:
-        the anchor tells who is in the scene, not where they are now)."""
+        SVI 1.0 recipe), else the world's first frame, 0 to anchor_gap frames before the clip's
+        (SVI 2.0: the anchor tells who is in the scene, not where they are now)."""
         videos, prompts, controls, anchors = [], [], [], []
         for _ in range(batch):
-            world = ShapesWorld(int(rng.integers(2 ** 31)), self.res,
-                                control=bool(rng.random() < self.p_control))
+            world = ShapesWorld(int(rng.integers(2 ** 31)), self.res, self.world,
+                                control=bool(rng.random() < self.world.p_control))
             if anchor_gap > 0:
                 anchors.append(world.render())
                 for _ in range(int(rng.integers(anchor_gap + 1))):
                     world.step()
-            if rng.random() < self.p_event:
+            if rng.random() < self.world.p_event:
                 first = world.frames(self.motion)
                 world.event()
                 video = np.concatenate([first, world.frames(frames - self.motion)])
@@ -303,7 +405,7 @@ class VideoWriter:
 
 
 if __name__ == "__main__":
-    source = ShapesSource(resolution=32, motion_frames=2, p_event=0.5, p_control=0.5)
+    source = ShapesSource(32, 2, World(overlap=False, p_event=0.5, p_control=0.5))
     video, prompts, control, _ = source.clips(4, 16, np.random.default_rng(0))
     writer = VideoWriter("shapes.gif")
     for clip, prompt in zip(video, prompts):

@@ -40,27 +40,27 @@ def one_step_errors(v_hat, v_target, t):
 
 
 class ErrorBank:
-    """Replay memory of errors, one bucket per sampler timestep (`anchors`, nearest wins), at most
+    """Replay memory of errors, one bucket per sampler timestep (`times`, nearest wins), at most
     `capacity` errors per bucket. A full bucket makes room by `replace`:
       "l2"     - the new error replaces its most similar stored one (L2), as the official code does,
                  which keeps the bucket diverse;
       "random" - a uniformly chosen one;  "fifo" - the oldest one."""
 
-    def __init__(self, anchors, capacity: int, replace: str = "l2", device="cpu",
+    def __init__(self, times, capacity: int, replace: str = "l2", device="cpu",
                  dtype=torch.float16):
         assert replace in ("l2", "random", "fifo"), f"unknown replacement {replace!r}"
         assert capacity > 0, "capacity must be positive"
-        self.anchors = torch.as_tensor(anchors, dtype=torch.float32)
+        self.times = torch.as_tensor(times, dtype=torch.float32)
         self.capacity, self.replace, self.device, self.dtype = capacity, replace, device, dtype
         self.errors = None                                   # [buckets, capacity, ...] on first add
-        self.count = torch.zeros(len(self.anchors), dtype=torch.long)  # filled slots per bucket
-        self.added = torch.zeros(len(self.anchors), dtype=torch.long)  # ever added (fifo order)
+        self.count = torch.zeros(len(self.times), dtype=torch.long)  # filled slots per bucket
+        self.added = torch.zeros(len(self.times), dtype=torch.long)  # ever added (fifo order)
         self.replace_gen = torch.Generator().manual_seed(0)   # for "random" replacement
 
     def bucket_of(self, t) -> torch.Tensor:
-        """The bucket of each flow time: the nearest anchor. [B] -> [B] long."""
+        """The bucket of each flow time: the nearest of the bank's times. [B] -> [B] long."""
         t = torch.as_tensor(t, dtype=torch.float32).reshape(-1, 1).cpu()
-        return (t - self.anchors[None]).abs().argmin(dim=1)
+        return (t - self.times[None]).abs().argmin(dim=1)
 
     def __len__(self):
         return int(self.count.sum())
@@ -69,7 +69,7 @@ class ErrorBank:
     def add(self, errors, t):
         """Store one error per sample, errors [B, ...] at flow times t [B]."""
         if self.errors is None:
-            self.errors = torch.zeros(len(self.anchors), self.capacity, *errors.shape[1:],
+            self.errors = torch.zeros(len(self.times), self.capacity, *errors.shape[1:],
                                       device=self.device, dtype=self.dtype)
         for error, b in zip(errors.to(self.device, self.dtype), self.bucket_of(t).tolist()):
             n = int(self.count[b])
@@ -92,7 +92,8 @@ class ErrorBank:
         if len(self) == 0:
             return None
         buckets = self.bucket_of(t)
-        out = torch.zeros(len(buckets), *self.errors.shape[2:], dtype=torch.float32)
+        out = torch.zeros(len(buckets), *self.errors.shape[2:], dtype=torch.float32,
+                          device=self.errors.device)
         for i, b in enumerate(buckets.tolist()):
             if self.count[b] > 0:
                 out[i] = self.errors[b, int(torch.randint(int(self.count[b]), (1,),
@@ -117,18 +118,19 @@ class ErrorBank:
 
     def state_dict(self) -> dict:
         """Plain tensors only, so a checkpoint holding the bank loads with weights_only=True."""
-        return dict(anchors=self.anchors, count=self.count, added=self.added,
+        return dict(times=self.times, count=self.count, added=self.added,
                     errors=self.errors if self.errors is not None else torch.empty(0),
                     replace_gen=self.replace_gen.get_state())
 
     def load_state_dict(self, state: dict):
-        self.anchors, self.count, self.added = state["anchors"], state["count"], state["added"]
+        self.times = state["times"] if "times" in state else state["anchors"]  # older name
+        self.count, self.added = state["count"], state["added"]
         errors = state["errors"]
         self.errors = errors.to(self.device, self.dtype) if errors.numel() else None
         self.replace_gen.set_state(state["replace_gen"])
 
 
-def inject(x0, noise, cond, t, bank_vid, bank_noise, generator, p_img=0.9, p_vid=0.9,
+def inject(x0, noise, cond, t, bank_vid, bank_noise, generator, *, p_img=0.9, p_vid=0.9,
            p_noise=0.01, p_clean=0.2, motion_frames=2):
     """Error injection (paper Eq. 3, as the official code does it). Per sample, Bernoulli gates:
         x0~    = x0    + [vid]   e_vid     e_vid from the bucket of t in bank_vid

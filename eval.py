@@ -1,13 +1,31 @@
 """
 eval.py: the drift benchmark. Do long rollouts stay like the world, clip after clip?
 
-    python eval.py --ckpt clean=checkpoints/clean.pt --ckpt erft=checkpoints/erft.pt --versus clean
-    python eval.py --ckpt erft=checkpoints/erft.pt --setting creative --seeds 16 --chunks 50
+    python eval.py --ckpt clean=runs/clean/ckpt.pt --ckpt erft=runs/erft/ckpt.pt --versus clean
+    python eval.py --ckpt erft=runs/erft/ckpt.pt --setting creative --seeds 16 --chunks 50
     python eval.py --quick --ckpt base=out/ckpt.pt            # a small, fast run
     python eval.py --setting consistent --chunks 1 --seeds 64 --noise-seed 1 \
         --ckpt base=checkpoints/base.pt          # the first-clip check, another draw of noise
-    python eval.py --setting none --recycled runs/erft/ckpt.pt --ckpt clean=checkpoints/clean.pt \
-        --ckpt erft=checkpoints/erft.pt          # the loss with an ERFT run's banked errors
+    python eval.py --setting none --recycled runs/erft/ckpt.pt --ckpt clean=runs/clean/ckpt.pt \
+        --ckpt erft=runs/erft/ckpt.pt            # the loss with an ERFT run's banked errors
+
+and the three diagnostics that say why a method wins or not (DESIGN.md section 6), each writing
+DIAGNOSTIC.md and DIAGNOSTIC.png to --out:
+
+    python eval.py --diagnostic headroom --ckpt clean=runs/clean/ckpt.pt   # exposure bias
+    python eval.py --diagnostic response --bank runs/erft/ckpt.pt --ckpt base=checkpoints/base.pt \
+        --ckpt erft=runs/erft/ckpt.pt            # does the model correct an error or amplify it?
+    python eval.py --diagnostic errors --bank runs/erft/ckpt.pt --ckpt erft=runs/erft/ckpt.pt
+
+- headroom: each clip k = 1..10 and 50 teacher-forced (conditioned on the real frames before it)
+  against free-running (on the model's own previous clip); the gap is the exposure bias, all
+  that any anti-drift method can remove;
+- response: the next clip's RMS error against the real one when an error is put on the real
+  motion frames (the model's own rollout error, banked one-step errors, Gaussian noise) at 0, 0.5,
+  1 and 2 times the size of a rollout error; the slope says whether it corrects (< 1) or
+  amplifies (> 1) what it is given;
+- errors: banked one-step errors per flow-time bucket against rollout errors: RMS, the share of
+  energy at low spatial frequency, and a picture of a few of each.
 
 Three settings, as in the paper: consistent (one prompt, shot mode), creative (a scene event and
 a new prompt every few clips, film mode) and conditional (shape 0 follows a control stream). For
@@ -19,7 +37,9 @@ network:
   palette     share of pixels off the palette (blur, colour cast, noise)          ideal 0
   count       |objects - objects in the real frame| (lost or split shapes)        ideal 0
   colours     shape colours missing or extra against the real frame (the prompt)  ideal 0
-  match       share of frames whose object count and colours both equal the real  ideal 1
+  kinds       shapes of a colour in both whose kind (circle, square, triangle)
+              differs from the real one's                                         ideal 0
+  match       share of frames whose object count, colours and kinds equal the real ideal 1
   background  distance of the frame's median colour to the prompt's background    ideal 0
   sharpness   RMS spatial gradient / the real frames'                             ideal 1
   motion      centroid speed of the shapes / the real frames' (frozen video: 0)   ideal 1
@@ -34,25 +54,28 @@ curves.png (each metric per clip), side_by_side_SETTING.mp4 (real | each method,
 --video-seed) and scores_SETTING.npz (every value per seed and clip, keyed "method/metric").
 """
 import argparse
+import dataclasses
 import os
 import warnings
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 
-from data import (BACKGROUNDS, COLOURS, PALETTE, ShapesSource, ShapesWorld, VideoWriter, to_uint8,
-                  to_unit, writable_folder)
+from data import (BACKGROUNDS, COLOURS, DEFAULT_WORLD, KINDS, PALETTE, WORLDS, ShapesSource,
+                  ShapesWorld, VideoWriter, to_uint8, to_unit, writable_folder)
 from errors import ErrorBank, inject
 from flow import flow_loss, interpolate, velocity_target
-from model import from_checkpoint, load_checkpoint
-from sample import rollout
+from model import condition, device_problems, from_checkpoint, load_checkpoint, pick_device
+from sample import generate_clip, rollout
 from train import TrainConfig, fail, make_batch
 
 OFF_PALETTE = 48.0   # RGB distance beyond which a pixel matches no palette colour
 MIN_AREA = 3         # pixels a connected blob needs to count as an object
-SETTINGS = ("consistent", "creative", "conditional")
-METRICS = ("palette", "count", "colours", "match", "background", "sharpness", "motion", "dynamics",
-           "control")
+SETTINGS = ("consistent", "creative", "conditional")  # the paper's three
+FILM = ("creative", "film")  # no anchor; "film" is consistent without it (which anchor is best?)
+METRICS = ("palette", "count", "colours", "kinds", "match", "background", "sharpness", "motion",
+           "dynamics", "control")
 
 
 # -----------------------------------------------------------------------------
@@ -65,9 +88,20 @@ def nearest_palette(frames):
     return d.argmin(-1), d.min(-1)
 
 
+def kind_of(ys, xs) -> int:
+    """The kind (index into KINDS) a blob's pixels look like: a square fills its bounding box, a
+    triangle (apex up) has a quarter of its pixels in the upper half of the box, a circle half.
+    Right for every whole shape of every world preset's sizes (tests/test_eval.py)."""
+    height = ys.max() - ys.min() + 1
+    fill = len(ys) / (height * (xs.max() - xs.min() + 1))
+    upper = ((ys - ys.min() + 0.5) < height / 2).mean()
+    return KINDS.index("square") if fill > 0.93 else \
+        KINDS.index("triangle") if upper < 0.35 else KINDS.index("circle")
+
+
 def components(mask):
-    """Connected blobs (4-neighbours) of a boolean image [H, W]: [(pixel count, centroid (x, y))],
-    with pixel i spanning [i, i + 1). A flood fill over the set pixels only."""
+    """Connected blobs (4-neighbours) of a boolean image [H, W]:
+    [(pixel count, centroid (x, y), kind_of)], pixel i spanning [i, i + 1). A flood fill."""
     todo = set(zip(*(a.tolist() for a in np.nonzero(mask))))
     blobs = []
     while todo:
@@ -80,12 +114,13 @@ def components(mask):
                     todo.remove(near)
                     stack.append(near)
         ys, xs = np.array(pixels, dtype=np.float64).T
-        blobs.append((len(pixels), (xs.mean() + 0.5, ys.mean() + 0.5)))
+        blobs.append((len(pixels), (xs.mean() + 0.5, ys.mean() + 0.5), kind_of(ys, xs)))
     return blobs
 
 
 def objects(frames, nearest=None):
-    """Per frame, per shape colour index found: its blobs [(area, centroid)], small ones out.
+    """Per frame, per shape colour index found: its blobs [(area, centroid, kind)], small ones
+    out.
     nearest: nearest_palette(frames), if already computed."""
     index, dist = nearest_palette(frames) if nearest is None else nearest
     out = []
@@ -116,6 +151,8 @@ def score_clip(fake, real, background, control=None):
     count = np.array([abs(sum(map(len, f.values())) - sum(map(len, w.values())))
                       for f, w in zip(found, wanted)])        # [T]
     colours = np.array([len(set(f) ^ set(w)) for f, w in zip(found, wanted)])  # [T]
+    kinds = np.array([sum(sorted(b[2] for b in f[c]) != sorted(b[2] for b in w[c])
+                          for c in set(f) & set(w)) for f, w in zip(found, wanted)])  # [T]
     bg = np.array(list(BACKGROUNDS.values())[background], dtype=np.float32)
     median = np.median(fake.reshape(len(fake), -1, 3).astype(np.float32), axis=1)  # [T, 3]
     # sharpness: root-mean-square spatial gradient (a blur spreads an edge and lowers it)
@@ -126,8 +163,8 @@ def score_clip(fake, real, background, control=None):
     accel = [np.linalg.norm(c - 2 * b + a) for a, b, c in centroid_steps(found, 2)]
     real_speed = speed(wanted)
     scores = dict(palette=float((nearest[1] > OFF_PALETTE).mean()), count=float(count.mean()),
-                  colours=float(colours.mean()),
-                  match=float(((count == 0) & (colours == 0)).mean()),
+                  colours=float(colours.mean()), kinds=float(kinds.mean()),
+                  match=float(((count == 0) & (colours == 0) & (kinds == 0)).mean()),
                   background=float(np.linalg.norm(median - bg, axis=1).mean() / 255),
                   sharpness=gradient(fake) / max(gradient(real), 1e-6),
                   motion=speed(found) / real_speed if real_speed > 0 else float("nan"),
@@ -145,10 +182,11 @@ def score_clip(fake, real, background, control=None):
 # -----------------------------------------------------------------------------
 # The real video of each seed, and each model's rollout from its first frames
 
-def real_clips(seed, setting, chunks, T, m, res, event_every):
-    """The real world, clip by clip, laid out as a rollout: clip 0 has T frames, later clips
-    T - m new ones. Per clip: frames, prompt, background, control info and control stream."""
-    world = ShapesWorld(seed, res, control=setting == "conditional")
+def real_clips(seed, setting, chunks, T, m, res, event_every, preset=DEFAULT_WORLD):
+    """The real world (of a data.WORLDS preset), clip by clip, laid out as a rollout: clip 0 has
+    T frames, later clips T - m new ones. Per clip: frames, prompt, background, control info and
+    control stream."""
+    world = ShapesWorld(seed, res, preset, control=setting == "conditional")
     first = world.frames(m)
     clips = []
     for k in range(chunks):
@@ -169,16 +207,16 @@ def real_clips(seed, setting, chunks, T, m, res, event_every):
 
 
 def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=None,
-             noise_seed=0, video_seed=0):
+             noise_seed=0, video_seed=0, world=DEFAULT_WORLD):
     """Scores [method][metric] -> [seeds, chunks], for the real video ("real") and each model,
     whose sampler draws its noise from noise_seed (the same noise for every model);
     scores["real"]["hidden"] is 1 where the real motion frames of a clip show less than half of
     some shape, in each of them (the world's truth): a shape mostly behind another."""
     some = next(iter(models.values()))
     T, res, m = some.cfg.frames, some.cfg.resolution, some.motion_frames
-    reals = [real_clips(s, setting, chunks, T, m, res, event_every) for s in range(seeds)]
+    reals = [real_clips(s, setting, chunks, T, m, res, event_every, world) for s in range(seeds)]
     first = torch.stack([to_unit(f) for f, _ in reals])  # [S, C, m, H, W]
-    anchor = None if setting == "creative" else first[:, :, 0]
+    anchor = None if setting in FILM else first[:, :, 0]
     prompts = lambda k: [clips[k]["prompt"] for _, clips in reals]
     if setting == "conditional":
         controls = lambda k: torch.from_numpy(np.stack([c[k]["stream"] for _, c in reals])).float()
@@ -225,7 +263,8 @@ def recycled_losses(models, run_path, batches=20):
     ckpt = load_checkpoint(run_path)
     if "bank_vid" not in ckpt:
         raise ValueError(f"{run_path}: no error banks; give the ckpt.pt of a train.py --erft run")
-    cfg = TrainConfig(**ckpt["train_cfg"])
+    known = {f.name for f in dataclasses.fields(TrainConfig)}  # older runs had other flags
+    cfg = TrainConfig(**{k: v for k, v in ckpt["train_cfg"].items() if k in known})
     some = next(iter(models.values()))
     if (cfg.frames, cfg.resolution) != (some.cfg.frames, some.cfg.resolution):
         raise ValueError(f"{run_path}: clips of --frames {cfg.frames} --resolution "
@@ -233,10 +272,10 @@ def recycled_losses(models, run_path, batches=20):
                          f"{some.cfg.resolution}")
     banks = []
     for key in ("bank_vid", "bank_noise"):
-        bank = ErrorBank(ckpt[key]["anchors"], cfg.capacity, cfg.replace)
+        bank = ErrorBank(torch.zeros(1), cfg.capacity, cfg.replace)  # its times are loaded
         bank.load_state_dict(ckpt[key])
         banks.append(bank)
-    source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.p_event, cfg.p_control)
+    source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.world)
     device = next(some.parameters()).device
     losses = {name: np.zeros((batches, 2)) for name in models}
     for i in range(batches):
@@ -244,13 +283,14 @@ def recycled_losses(models, run_path, batches=20):
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         x0, noise, t, cond, ids, mask, control = make_batch(source, cfg, cfg.batch_size, rng, gen,
                                                             some.cfg.text_len, device)
-        x_err, v_err, cond_err, _ = inject(x0, noise, cond, t, *banks, gen, cfg.p_img, cfg.p_vid,
-                                           cfg.p_noise, 0.0, cfg.motion_frames)
+        x_err, v_err, cond_err, _ = inject(x0, noise, cond, t, *banks, gen, p_img=cfg.p_img,
+                                           p_vid=cfg.p_vid, p_noise=cfg.p_noise, p_clean=0.0,
+                                           motion_frames=cfg.motion_frames)
         inputs = [(interpolate(x0, noise, t), velocity_target(x0, noise), cond),
                   (x_err, v_err, cond_err)]                       # as they are, with errors
         for name, model in models.items():
             for j, (x_t, v_target, c) in enumerate(inputs):
-                v_hat = model(x_t, t, c, ids, mask, control)
+                v_hat = model(x_t, t.to(device), c, ids, mask, control)
                 losses[name][i, j] = flow_loss(v_hat, v_target).item()
     return losses
 
@@ -264,6 +304,248 @@ def recycled_table(losses, run_path) -> str:
         cells = [f"{m:.4f} [{m - h:.4f}, {m + h:.4f}]" for m, h in map(interval, per_batch.T)]
         lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
+
+
+# -----------------------------------------------------------------------------
+# Diagnostics: why a method wins or not (DESIGN.md section 6)
+
+HEADROOM_CLIPS = (*range(1, 11), 50)  # the clips the headroom table shows (1-based)
+STRENGTHS = (0.0, 0.5, 1.0, 2.0)      # the response's error sizes, in units of a rollout error
+LOW = 0.125                           # "low" spatial frequency: within this share of the frame
+
+
+def motion_before(reals, k, T, m):
+    """The real motion frames of clip k (1-based) of every seed: the m frames before its new
+    ones, [S, C, m, H, W]."""
+    videos = [np.concatenate([c["frames"] for c in clips]) for _, clips in reals]
+    start = (k - 1) * (T - m)  # clip k covers video frames start .. start + T - 1
+    return torch.stack([to_unit(v[start:start + m]) for v in videos])
+
+
+@torch.no_grad()
+def one_clip(model, motion, reals, k, setting, sampling, noise_seed):
+    """Clip k (1-based) of every seed generated from the given motion frames [S, C, m, H, W]
+    (anchor, prompt and control of the real clip k): its new frames, [S, C, T', H, W]."""
+    T, m, device = model.cfg.frames, motion.shape[2], next(model.parameters()).device
+    first = torch.stack([to_unit(f) for f, _ in reals])                     # [S, C, m, H, W]
+    anchor = None if setting in FILM else first[:, :, 0].to(device)  # [S, C, H, W]
+    control = None
+    if setting == "conditional":
+        control = torch.from_numpy(np.stack([c[k - 1]["stream"] for _, c in reals])).float()
+        control = control.to(device)
+    gen = torch.Generator().manual_seed(noise_seed * 100_003 + k)  # the same for every model
+    noise = torch.randn(len(reals), 3, T, *motion.shape[3:], generator=gen).to(device)
+    clip = generate_clip(model, condition(motion.to(device), anchor, T),
+                         [c[k - 1]["prompt"] for _, c in reals], control, noise,
+                         generator=gen, **sampling)
+    return clip if k == 1 else clip[:, :, m:]
+
+
+def headroom(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD,
+             event_every=5, clips=HEADROOM_CLIPS):
+    """Each model's scores per clip k, free-running (conditioned on its own previous clip) and
+    teacher-forced (on the real frames before clip k). -> {name: {"free" | "forced":
+    {metric: [seeds, len(clips)]}}}; the gap between the two is the exposure bias. Clip 1 is
+    conditioned on the real frames in both, with other draws of noise: its gap is the noise
+    floor."""
+    free = evaluate(models, setting, seeds, max(clips), event_every, sampling,
+                    noise_seed=noise_seed, world=world)
+    some = next(iter(models.values()))
+    T, m, res = some.cfg.frames, some.motion_frames, some.cfg.resolution
+    reals = [real_clips(s, setting, max(clips), T, m, res, event_every, world)
+             for s in range(seeds)]
+    out = {}
+    for name, model in models.items():
+        forced = {metric: np.zeros((seeds, len(clips))) for metric in METRICS}
+        for i, k in enumerate(clips):
+            new = one_clip(model, motion_before(reals, k, T, m), reals, k, setting, sampling,
+                           noise_seed)
+            for s, fake in enumerate(new):
+                real = reals[s][1][k - 1]
+                for metric, value in score_clip(to_uint8(fake), real["frames"],
+                                                real["background"], real.get("control")).items():
+                    forced[metric][s, i] = value
+        index = np.array(clips) - 1
+        out[name] = dict(free={metric: v[:, index] for metric, v in free[name].items()},
+                         forced=forced)
+    return out
+
+
+def headroom_table(result, clips=HEADROOM_CLIPS, metrics=("count", "palette", "match",
+                                                          "motion")) -> str:
+    lines = ["### headroom", "", "Mean over seeds, free-running / teacher-forced, per clip.", "",
+             "| model | metric | " + " | ".join(f"clip {k}" for k in clips) + " |",
+             "|---|---|" + "---|" * len(clips)]
+    mean = lambda v: np.nanmean(v) if not np.isnan(v).all() else float("nan")
+    for name, runs in result.items():
+        for metric in metrics:
+            cells = [f"{mean(runs['free'][metric][:, i]):.3f} / "
+                     f"{mean(runs['forced'][metric][:, i]):.3f}" for i in range(len(clips))]
+            lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def free_video(model, reals, chunks, setting, sampling, noise_seed=0):
+    """A model's free-running rollout of `chunks` clips from every seed's first frames, joined
+    (the overlaps dropped): [S, C, frames, H, W] on the CPU."""
+    device = next(model.parameters()).device
+    first = torch.stack([to_unit(f) for f, _ in reals]).to(device)  # [S, C, m, H, W]
+    anchor = None if setting in FILM else first[:, :, 0]
+    prompts = lambda k: [c[k]["prompt"] for _, c in reals]
+    controls = lambda k: torch.from_numpy(np.stack([c[k]["stream"] for _, c in reals])).float() \
+        if setting == "conditional" else None
+    clips = rollout(model, first, anchor, prompts, controls, chunks,
+                    torch.Generator().manual_seed(noise_seed), **sampling)
+    return torch.cat([clip.cpu() for clip in clips], dim=2)
+
+
+def real_video(reals):
+    """The real videos of every seed, joined as a rollout is: [S, C, frames, H, W]."""
+    return torch.stack([to_unit(np.concatenate([c["frames"] for c in clips]))
+                        for _, clips in reals])
+
+
+def rms(x, dims=(1, 2, 3, 4)):
+    return x.float().pow(2).mean(dim=dims).sqrt()
+
+
+def banked_errors(path):
+    """The conditioning-error bank of an ERFT run's checkpoint (train.py --erft: its ckpt.pt)."""
+    ckpt = load_checkpoint(path)
+    if "bank_vid" not in ckpt:
+        raise ValueError(f"{path}: no error banks; give the ckpt.pt of a train.py --erft run")
+    bank = ErrorBank(torch.zeros(1), ckpt["train_cfg"]["capacity"])
+    bank.load_state_dict(ckpt["bank_vid"])
+    return bank
+
+
+def put_error(source, own, bank, shape, seed):
+    """An error of one source, RMS 1 per sample, [S, C, m, H, W]: the model's own rollout error
+    (own), banked one-step errors (a window of the clip's first m frames) or Gaussian noise,
+    drawn from a generator of its own (seed), so every model is given the same errors."""
+    gen = torch.Generator().manual_seed(seed)
+    if source == "rollout":
+        e = own
+    elif source == "banked":
+        e = bank.sample_pooled(shape[0], gen)[:, :, :shape[2]]
+    else:
+        e = torch.randn(shape, generator=gen)
+    return e / rms(e).clamp_min(1e-8).view(-1, 1, 1, 1, 1)  # [S] -> [S, 1, 1, 1, 1]
+
+
+@torch.no_grad()
+def response(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD, bank=None,
+             boundaries=(2, 3, 4), event_every=5):
+    """What an error on the real motion frames of clip k (k in boundaries) does to clip k: per
+    model and source of error (its own rollout error, banked one-step errors from `bank`, an
+    ErrorBank, or Gaussian noise), scaled to STRENGTHS x `unit`, the RMS of the first model's
+    rollout errors, the mean over clips and seeds of: the RMS error put in (after clipping to
+    [-1, 1]), the next clip's RMS error against the real clip, and the RMS change of the next
+    clip from the one made with no error (same noise: what the error itself caused).
+    -> ({name: {source: {"put" | "error" | "change": [len(STRENGTHS)]}}}, unit)."""
+    some = next(iter(models.values()))
+    T, m, res = some.cfg.frames, some.motion_frames, some.cfg.resolution
+    reals = [real_clips(s, setting, max(boundaries), T, m, res, event_every, world)
+             for s in range(seeds)]
+    real_frames = real_video(reals)[:, :, :(max(boundaries) - 1) * (T - m) + m]
+    own = {}  # each model's rollout error on the motion frames before each boundary clip
+    for name, model in models.items():
+        error = free_video(model, reals, max(boundaries) - 1, setting, sampling,
+                           noise_seed) - real_frames
+        own[name] = {k: error[:, :, (k - 1) * (T - m):(k - 1) * (T - m) + m] for k in boundaries}
+    unit = float(torch.stack([rms(e) for e in next(iter(own.values())).values()]).mean())
+    sources = ["rollout"] + (["banked"] if bank is not None else []) + ["gaussian"]
+    out = {name: {source: {key: np.zeros(len(STRENGTHS)) for key in ("put", "error", "change")}
+                  for source in sources} for name in models}
+    for k in boundaries:
+        real = motion_before(reals, k, T, m)
+        target = torch.stack([to_unit(c[k - 1]["frames"]) for _, c in reals])
+        for name, model in models.items():
+            for j, source in enumerate(sources):
+                seed = noise_seed * 1009 + 31 * k + j
+                e = put_error(source, own[name][k], bank, real.shape, seed)
+                clean = None
+                for i, strength in enumerate(STRENGTHS):
+                    given = (real + unit * strength * e).clamp(-1, 1)
+                    new = one_clip(model, given, reals, k, setting, sampling, noise_seed).cpu()
+                    clean = new if clean is None else clean  # strength 0 comes first
+                    row = out[name][source]
+                    row["put"][i] += float(rms(given - real).mean()) / len(boundaries)
+                    row["error"][i] += float(rms(new - target).mean()) / len(boundaries)
+                    row["change"][i] += float(rms(new - clean).mean()) / len(boundaries)
+    return out, unit
+
+
+def slope(row):
+    """The gain of an error: the least-squares slope, through 0, of the change it makes to the
+    next clip against its size (both RMS). Under 1 the model shrinks what it is given."""
+    put, change = np.asarray(row["put"]), np.asarray(row["change"])
+    return float((put * change).sum() / max((put ** 2).sum(), 1e-12))
+
+
+def response_table(result, unit) -> str:
+    lines = ["### response", "",
+             f"The next clip's RMS error against the real clip when an error of RMS s x "
+             f"{unit:.3f} "
+             "(the first model's rollout error) is put on the real motion frames; the gain is the "
+             "slope of the change it makes to the next clip against its size: under 1 the model "
+             "corrects what it is given, over 1 it amplifies it.", "",
+             "| model | error | " + " | ".join(f"s = {s:g}" for s in STRENGTHS) + " | gain |",
+             "|---|---|" + "---|" * (len(STRENGTHS) + 1)]
+    for name, rows in result.items():
+        for source, row in rows.items():
+            lines.append(f"| {name} | {source} | " + " | ".join(f"{v:.3f}" for v in row["error"])
+                         + f" | {slope(row):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def low_share(e, cutoff=LOW):
+    """Share of an error's energy at low spatial frequency (radius <= cutoff x the frame side,
+    in cycles per frame), per error: e [N, C, T, H, W] -> [N]."""
+    power = torch.fft.fft2(e.float()).abs().pow(2)                  # [N, C, T, H, W]
+    f = torch.fft.fftfreq(e.shape[-1]) * e.shape[-1]                # cycles per frame
+    radius = (f[:, None] ** 2 + f[None] ** 2).sqrt()                 # [H, W]
+    low = power * (radius <= cutoff * e.shape[-1])
+    return low.sum(dim=(1, 2, 3, 4)) / power.sum(dim=(1, 2, 3, 4)).clamp_min(1e-12)
+
+
+def error_stats(bank, rollout_errors):
+    """RMS and low-frequency share of the banked errors per flow-time bucket, and of the rollout
+    errors [N, C, T, H, W]. -> rows (label, count, rms, low share)."""
+    rows = []
+    for b, (t, count) in enumerate(zip(bank.times.tolist(), bank.count.tolist())):
+        if count:
+            e = bank.errors[b, :count].float()
+            rows.append((f"banked, t = {t:.2f}", count, float(rms(e).mean()),
+                         float(low_share(e).mean())))
+    rows.append(("rollout", len(rollout_errors), float(rms(rollout_errors).mean()),
+                 float(low_share(rollout_errors).mean())))
+    return rows
+
+
+def errors_table(rows) -> str:
+    lines = ["### errors", "", f"Banked one-step errors per flow-time bucket against rollout "
+             f"errors: RMS, and the share of energy within {LOW:g} x the frame side in spatial "
+             "frequency.", "", "| errors | count | RMS | low-frequency share |",
+             "|---|---|---|---|"]
+    lines += [f"| {label} | {n} | {r:.4f} | {low:.3f} |" for label, n, r, low in rows]
+    return "\n".join(lines) + "\n"
+
+
+def error_picture(bank, rollout_errors, path, per_row=8):
+    """Top row: one banked error from each of per_row buckets (noisy left); bottom row: rollout
+    errors; each frame 0, scaled to its own range (grey = 0)."""
+    tile = lambda e: ((e / (e.abs().max() + 1e-8) + 1) * 127.5).round().clamp(0, 255).byte()
+    filled = [b for b, c in enumerate(bank.count.tolist()) if c]
+    pick = [filled[i] for i in np.linspace(0, len(filled) - 1, per_row).round().astype(int)]
+    top = [tile(bank.errors[b, 0, :, 0].float()) for b in pick]           # [C, H, W] each
+    bottom = [tile(e[:, 0]) for e in rollout_errors[:per_row]]
+    rows = [torch.cat(row, dim=2).permute(1, 2, 0).numpy() for row in (top, bottom)]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255)
+            for r in rows]
+    iio.imwrite(path, np.concatenate(rows).repeat(4, 0).repeat(4, 1))
 
 
 # -----------------------------------------------------------------------------
@@ -313,8 +595,8 @@ def table(scores, setting, chunks, versus="") -> str:
         f"{name} {int((by_metric['match'][which, 0] >= 0.5).sum())}/{int(which.sum())}"
         for name, by_metric in scores.items())
     hidden = scores["real"]["hidden"][:, 0] > 0  # [seeds]: the first frames mostly hide a shape
-    lines += ["", "Rollouts whose clip 1 has the real object count and colours in at least half "
-              f"its frames: {kept(np.ones_like(hidden))}. Of them, those whose conditioning "
+    lines += ["", "Rollouts whose clip 1 has the real object count, colours and kinds in at least "
+              f"half its frames: {kept(np.ones_like(hidden))}. Of them, those whose conditioning "
               f"frames show at least half of every shape: {kept(~hidden)}; those where a shape "
               f"is mostly hidden in them: {kept(hidden)}."]
     return "\n".join(lines) + "\n"
@@ -347,15 +629,86 @@ def plot(all_scores, path):
     plt.close(fig)
 
 
+def diagnostic_plot(kind, result, path, clips=HEADROOM_CLIPS):
+    """headroom: count and palette per clip, free-running (solid) and teacher-forced (dashed);
+    response: the next clip's error against the error put in, per kind of error."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = ("count", "palette") if kind == "headroom" else ("rollout", "banked", "gaussian")
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8))
+    for ax, panel in zip(axes, panels):
+        for i, (name, runs) in enumerate(result.items()):
+            colour = f"C{i}"
+            if kind == "headroom":
+                x = np.arange(len(clips))
+                for style, run in (("-", "free"), ("--", "forced")):
+                    ax.plot(x, np.nanmean(runs[run][panel], axis=0), style, color=colour,
+                            label=f"{name} {run}")
+                ax.set_xticks(x, [str(k) for k in clips], fontsize=6)
+            elif panel in runs:
+                ax.plot(runs[panel]["put"], runs[panel]["error"], "o-", color=colour, label=name)
+        ax.set_title(panel, fontsize=8)
+        ax.set_xlabel("clip" if kind == "headroom" else "error put in (RMS)", fontsize=7)
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def diagnose(args, models, sampling, world):
+    """Run one diagnostic; write DIAGNOSTIC.md and DIAGNOSTIC.png to --out."""
+    setting = args.setting if args.setting in (*SETTINGS, "film") else "consistent"
+    common = dict(setting=setting, seeds=args.seeds, sampling=sampling,
+                  noise_seed=args.noise_seed, world=world, event_every=args.event_every)
+    bank = banked_errors(args.bank) if args.bank else None
+    md, png = (os.path.join(args.out, f"{args.diagnostic}.{e}") for e in ("md", "png"))
+    if args.diagnostic == "headroom":
+        clips = tuple(k for k in HEADROOM_CLIPS if k <= args.chunks)
+        result = headroom(models, clips=clips, **common)
+        text = headroom_table(result, clips)
+        diagnostic_plot("headroom", result, png, clips)
+    elif args.diagnostic == "response":
+        result, unit = response(models, bank=bank, **common)
+        text = response_table(result, unit)
+        diagnostic_plot("response", result, png)
+    else:
+        model = next(iter(models.values()))
+        T, m = model.cfg.frames, model.motion_frames
+        reals = [real_clips(s, setting, args.chunks, T, m, model.cfg.resolution,
+                            args.event_every, world) for s in range(args.seeds)]
+        error = (free_video(model, reals, args.chunks, setting, sampling, args.noise_seed)
+                 - real_video(reals))[:, :, T:]  # [S, C, (chunks - 1)(T - m), H, W]
+        clips = error.unflatten(2, (args.chunks - 1, T - m)).transpose(1, 2).flatten(0, 1)
+        text = errors_table(error_stats(bank, clips))  # clips: [S (chunks - 1), C, T - m, H, W]
+        error_picture(bank, clips, png)
+    with open(md, "w") as f:
+        f.write(f"{args.seeds} seeds, {setting}, {args.steps} steps, eta {args.eta}; "
+                f"checkpoints: {', '.join(args.ckpt)}\n\n{text}")
+    print(text, flush=True)
+    return result if args.diagnostic != "errors" else text
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
                    help="a checkpoint to score (repeat the flag for several)")
-    p.add_argument("--setting", choices=["all", *SETTINGS, "none"], default="all",
-                   help="none: no rollouts (with --recycled, its table alone)")
+    p.add_argument("--setting", choices=["all", *SETTINGS, "film", "none"], default="all",
+                   help="film: consistent without the anchor; none: no rollouts (with "
+                        "--recycled, its table alone)")
+    p.add_argument("--diagnostic", choices=["headroom", "response", "errors"], default=None,
+                   help="instead of the benchmark, one diagnostic (DESIGN.md 6):\n"
+                        "headroom: each clip teacher-forced against free-running, clips 1-10 "
+                        "and 50\nresponse: the next clip's error against an error put on the "
+                        "real motion frames\nerrors: banked one-step errors (--bank) against "
+                        "the first model's rollout errors")
+    p.add_argument("--bank", default="", metavar="RUN/ckpt.pt",
+                   help="the error banks of an ERFT run (for --diagnostic response, errors)")
     p.add_argument("--recycled", default="", metavar="RUN/ckpt.pt",
                    help="also: each model's flow loss with the errors banked by this ERFT run")
     p.add_argument("--seeds", type=int, default=16, help="rollouts (worlds) per setting")
+    p.add_argument("--world", choices=list(WORLDS), default=None,
+                   help="the kind of world (default: the first checkpoint's training world)")
     p.add_argument("--chunks", type=int, default=50, help="clips per rollout")
     p.add_argument("--event-every", type=int, default=5, help="clips between scene events")
     p.add_argument("--steps", type=int, default=20, help="sampling steps per clip")
@@ -373,14 +726,15 @@ def parse_args(argv=None):
                    help="also each method's paired difference to this one (e.g. clean)")
     p.add_argument("--out", default="eval_out", help="folder for results.md, curves.png, video")
     p.add_argument("--quick", action="store_true", help="2 seeds, 3 clips, 2 steps (for tests)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.chunks, args.steps = 2, 3, 2
     return args
 
 
-def main(args):
+def check(args) -> list:
+    """Reject bad flags with one line each (exit status 2) before any work; -> [(name, path)]."""
     problems = [f"--{n} must be positive" for n in ("seeds", "chunks", "event_every", "steps")
                 if getattr(args, n) <= 0]
     named = [c.split("=", 1) if "=" in c else [os.path.basename(os.path.dirname(c)) or c, c]
@@ -394,28 +748,52 @@ def main(args):
     if not named:
         problems.append("give at least one --ckpt NAME=PATH")
     problems += [f"--ckpt {path}: no such file" for _, path in named if not os.path.isfile(path)]
-    if args.recycled and not os.path.isfile(args.recycled):
-        problems.append(f"--recycled {args.recycled}: no such file")
+    if args.diagnostic == "errors" and not args.bank:
+        problems.append("--diagnostic errors needs --bank RUN/ckpt.pt (an ERFT run's)")
+    if args.diagnostic == "errors" and args.chunks < 2:
+        problems.append("--diagnostic errors needs --chunks 2 or more")
+    for flag in ("bank", "recycled"):
+        if getattr(args, flag) and not os.path.isfile(getattr(args, flag)):
+            problems.append(f"--{flag} {getattr(args, flag)}: no such file")
     if not writable_folder(args.out):
         problems.append(f"--out {args.out}: not a writable folder")
+    problems += device_problems(args.device)
     if len({name for name, _ in named}) < len(named):
         problems.append("--ckpt names must differ")
     if args.versus and args.versus not in [name for name, _ in named]:
         problems.append(f"--versus {args.versus}: not one of the --ckpt names")
     fail(problems)
-    models = {}
+    return named
+
+
+def load_models(named, device) -> tuple[dict, str]:
+    """The models by name, and the world the first one was trained on."""
+    models, world = {}, None
     for name, path in named:
         try:
-            model, ckpt = from_checkpoint(path, device=args.device)
+            model, ckpt = from_checkpoint(path, device=device)
         except ValueError as err:
             fail([str(err)])
         model.motion_frames = ckpt["train_cfg"]["motion_frames"]
         model.shift = ckpt["train_cfg"]["shift"]
         models[name] = model
+        world = world or ckpt["train_cfg"]["world"]
+    return models, world
+
+
+def main(args):
+    named = check(args)
+    models, first_world = load_models(named, pick_device(args.device))
     some = next(iter(models.values()))
+    world = args.world or first_world
     sampling = dict(steps=args.steps, shift=args.shift or some.shift, guidance=args.guidance,
                     eta=args.eta)
     os.makedirs(args.out, exist_ok=True)
+    if args.diagnostic:
+        try:
+            return diagnose(args, models, sampling, world)
+        except ValueError as err:
+            fail([str(err)])
     settings = {"all": SETTINGS, "none": []}.get(args.setting, [args.setting])
     all_scores, report = {}, []
     if args.recycled:
@@ -427,7 +805,8 @@ def main(args):
     for setting in settings:
         video = os.path.join(args.out, f"side_by_side_{setting}.mp4")
         all_scores[setting] = evaluate(models, setting, args.seeds, args.chunks, args.event_every,
-                                       sampling, video, args.noise_seed, args.video_seed)
+                                       sampling, video, args.noise_seed, args.video_seed,
+                                       world)
         report.append(table(all_scores[setting], setting, args.chunks, args.versus))
         np.savez(os.path.join(args.out, f"scores_{setting}.npz"),  # per seed and clip, [S, N]
                  **{f"{name}/{metric}": values for name, by_metric in all_scores[setting].items()

@@ -111,7 +111,8 @@ def unpatchify(x: torch.Tensor, C: int, T: int, H: int, W: int, pt: int, ps: int
 
 def sincos(positions: torch.Tensor, dim: int) -> torch.Tensor:
     """Transformer sinusoids of positions [N] -> [N, dim] (dim even)."""
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, dtype=torch.float32) / (dim // 2))
+    half = torch.arange(dim // 2, dtype=torch.float32, device=positions.device)  # [dim / 2]
+    freqs = torch.exp(-math.log(10000.0) * half / (dim // 2))
     angles = positions.float()[:, None] * freqs[None]  # [N, dim / 2]
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
@@ -366,6 +367,25 @@ def merged_state_dict(state: dict) -> dict:
     return plain
 
 
+def pick_device(name: str) -> str:
+    """--device auto is CUDA when there is one, else the CPU; any other name is kept."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def device_problems(name: str) -> list[str]:
+    """What is wrong with a --device flag, before any work starts (a list of messages)."""
+    if name == "meta":
+        return ["--device meta holds shapes, not values (the tests use it to check that every "
+                "tensor follows the model's device); choose auto, cpu or cuda"]
+    try:
+        device = torch.device(pick_device(name))
+    except RuntimeError:
+        return [f"--device {name}: not a device; choose auto, cpu or cuda"]
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return [f"--device {name}: this PyTorch build sees no CUDA device; use --device cpu"]
+    return []
+
+
 def load_checkpoint(path: str) -> dict:
     """A checkpoint as plain tensors and dicts. It is never unpickled as code (weights_only=True):
     a file that would need that, or is no checkpoint at all, is refused with a ValueError."""
@@ -380,6 +400,8 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(ckpt, dict) or "model_cfg" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint written by svi's train.py")
     ckpt["model_cfg"].setdefault("rope", False)  # written before rotary positions existed
+    if "train_cfg" in ckpt:  # and before the world had presets
+        ckpt["train_cfg"].setdefault("world", "hard")
     return ckpt
 
 

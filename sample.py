@@ -9,7 +9,7 @@ synthetic world (or --image). The m overlapping frames are dropped when clips ar
 clips of T frames make N * (T - m) + m frames. Frames go to disk as each clip finishes: memory does
 not grow with N, and Ctrl-C leaves a playable video of the clips done so far.
 
-    python sample.py --chunks 50                 # out/video.mp4 from the shipped ERFT model
+    python sample.py --chunks 50                 # out/video.mp4 from the shipped base model
     python sample.py --chunks 20 --ckpt out/ckpt.pt           # from your own training run
     python sample.py --chunks 50 --mode film --prompts story.txt --out story.mp4
     python sample.py --chunks 10 --control world              # shape 0 follows the world's path
@@ -25,9 +25,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data import ShapesWorld, VideoWriter, read_video, to_uint8, to_unit, writable_folder
+from data import WORLDS, ShapesWorld, VideoWriter, read_video, to_uint8, to_unit, writable_folder
 from flow import euler_sample
-from model import condition, from_checkpoint, tokenize
+from model import condition, device_problems, from_checkpoint, pick_device, tokenize
+
+
+DEFAULT_CKPT = "checkpoints/base.pt"
 
 
 def generate_clip(model, cond, prompts, control, noise, steps=20, shift=1.0, guidance=1.0,
@@ -71,8 +74,8 @@ def rollout(model, first, anchor, prompts, controls, chunks, generator, **sampli
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--ckpt", default="checkpoints/erft.pt",
-                   help="checkpoint written by train.py (default: the shipped ERFT model)")
+    p.add_argument("--ckpt", default=DEFAULT_CKPT,
+                   help="checkpoint written by train.py (default: the shipped model)")
     p.add_argument("--chunks", type=int, default=10, help="number of clips to generate")
     p.add_argument("--out", default="out/video.mp4", help="output video, .mp4 or .gif")
     p.add_argument("--mode", choices=["shot", "film"], default="shot",
@@ -84,6 +87,8 @@ def parse_args(argv=None):
                         " in [-1, 1] (the last line repeats)")
     p.add_argument("--image", default=None, help="start from this image instead of the world")
     p.add_argument("--world-seed", type=int, default=0, help="which synthetic world to start from")
+    p.add_argument("--world", choices=list(WORLDS), default=None,
+                   help="the kind of world (default: the one the checkpoint was trained on)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     p.add_argument("--steps", type=int, default=20, help="sampling steps per clip")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
@@ -92,7 +97,7 @@ def parse_args(argv=None):
     p.add_argument("--shift", type=float, default=None, help="schedule shift (default: training's)")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--scale", type=int, default=4, help="enlarge frames this many times")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda")
     return p.parse_args(argv)
 
 
@@ -116,6 +121,7 @@ def check_args(args):
         problems.append(f"--prompts {args.prompts}: the file has no prompt")
     if not writable_folder(os.path.dirname(os.path.abspath(args.out))):
         problems.append(f"--out {args.out}: not in a writable folder")
+    problems += device_problems(args.device)
     if problems:
         print("error: " + "\nerror: ".join(problems), file=sys.stderr)
         sys.exit(2)
@@ -143,44 +149,56 @@ def read_lines(path):
         return [line.strip() for line in f if line.strip()]
 
 
-def main(args):
-    check_args(args)
-    try:
-        model, ckpt = from_checkpoint(args.ckpt, device=args.device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    cfg, train_cfg = model.cfg, ckpt["train_cfg"]
-    m, T, res = train_cfg["motion_frames"], cfg.frames, cfg.resolution
-    shift = train_cfg["shift"] if args.shift is None else args.shift
+def world_start(worlds, m: int, device, shot: bool = True):
+    """The start of a rollout from synthetic worlds: their first m frames [B, C, m, H, W] and, in
+    shot mode, the anchor (the first frame) [B, C, H, W], else None; both on device."""
+    first = torch.stack([to_unit(w.frames(m)) for w in worlds]).to(device)  # [B, C, m, H, W]
+    return first, first[:, :, 0] if shot else None
 
-    # the start: the first m frames of a synthetic world, or an image repeated
-    world = ShapesWorld(args.world_seed, res, control=args.control == "world")
+
+def start(args, world, T: int, m: int, device):
+    """This video's first motion frames and anchor (--image or the world), and its storyline:
+    prompts(k), one per clip (--prompts: the last repeats), and controls(k), clip k's control
+    stream [1, T, 2] or None (--control); all on device."""
+    shot = args.mode == "shot"
     if args.image:
-        first = to_unit(read_video(args.image, res)[:1]).repeat(1, m, 1, 1)[None]  # [1, C, m, H, W]
+        image = to_unit(read_video(args.image, world.res)[:1])        # [C, 1, H, W]
+        first = image.repeat(1, m, 1, 1)[None].to(device)             # [1, C, m, H, W]
+        anchor = first[:, :, 0] if shot else None                    # [1, C, H, W]
     else:
-        first = to_unit(world.frames(m))[None]                                    # [1, C, m, H, W]
-    anchor = first[:, :, 0] if args.mode == "shot" else None
-
-    # the storyline: one prompt per clip (the last repeats) and the control stream per frame
+        first, anchor = world_start([world], m, device, shot)
     stream = read_lines(args.prompts) if args.prompts else [args.prompt or world.prompt()]
     prompts = lambda k: [stream[min(k, len(stream) - 1)]]
     if args.control == "world":
         path = np.stack([world.control_vector(s) for s in range(args.chunks * (T - m) + m)])
     elif args.control:
         path = np.loadtxt(args.control, ndmin=2)[:, :2]
-    if args.control:  # clip k covers frames k (T - m) ... k (T - m) + T - 1 of the video
-        index = lambda k: np.minimum(np.arange(T) + k * (T - m), len(path) - 1)
-        controls = lambda k: torch.from_numpy(path[index(k)]).float()[None]  # [1, T, 2]
-    else:
-        controls = lambda k: None
+    if not args.control:
+        return first, anchor, prompts, lambda k: None
+    index = lambda k: np.minimum(np.arange(T) + k * (T - m), len(path) - 1)  # clip k's frames
+    controls = lambda k: torch.from_numpy(path[index(k)]).float()[None].to(device)  # [1, T, 2]
+    return first, anchor, prompts, controls
 
+
+def main(args):
+    check_args(args)
+    device = pick_device(args.device)
+    try:
+        model, ckpt = from_checkpoint(args.ckpt, device=device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    cfg, train_cfg = model.cfg, ckpt["train_cfg"]
+    m, res = train_cfg["motion_frames"], cfg.resolution
+    shift = train_cfg["shift"] if args.shift is None else args.shift
+    world = ShapesWorld(args.world_seed, res, args.world or train_cfg["world"],
+                        control=args.control == "world")
+    first, anchor, prompts, controls = start(args, world, cfg.frames, m, device)
     generator = torch.Generator().manual_seed(args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     writer = VideoWriter(args.out, args.fps, args.scale)
-    clips = rollout(model, first.to(args.device), anchor, prompts, controls, args.chunks,
-                    generator, steps=args.steps, shift=shift, guidance=args.guidance,
-                    eta=args.eta)
+    clips = rollout(model, first, anchor, prompts, controls, args.chunks, generator,
+                    steps=args.steps, shift=shift, guidance=args.guidance, eta=args.eta)
     with stop_after_the_clip() as stop:
         try:
             for clip in tqdm(clips, total=args.chunks, desc="clips", unit="clip"):

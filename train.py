@@ -8,12 +8,13 @@ fine-tune it, with or without Error-Recycling Fine-Tuning (ERFT, errors.py).
     python train.py --resume --out out/erft                    # continue where it stopped
     python train.py --init-from out/ckpt.pt --depth 8 --out out/deeper   # grow: blocks added
     python train.py --init-from checkpoints/base.pt --erft --out runs/erft \
-        --export checkpoints/erft.pt                           # a small EMA-only copy to share
+        --export runs/erft.pt                                  # a small EMA-only copy to share
     torchrun --nproc_per_node=2 train.py --preset S --batch-size 64     # DDP, same script
 
 A training clip of T frames comes with its first m frames as the "motion frames" of the
-condition, then either the anchor (shot mode: a random frame of the clip, or with --anchor-gap G
-one from up to G frames before it, as SVI 2.0) or zeros (film mode);
+condition, then either the anchor (shot mode: the world's first frame, 0 to --anchor-gap frames
+before the clip, as SVI 2.0; with --anchor-gap 0 a random frame of the clip, as SVI 1.0) or zeros
+(film mode);
 the model regenerates the whole clip (as the official code, the loss covers every frame).
 Everything random is drawn from generators seeded by (seed, step, rank), so a resumed run is
 bitwise identical, on CPU, to one that never stopped.
@@ -35,13 +36,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from data import (ShapesSource, ShapesWorld, VideoFolder, VideoWriter, to_uint8, to_unit,
-                  writable_folder)
+from data import (DEFAULT_WORLD, WORLDS, ShapesSource, ShapesWorld, VideoFolder, VideoWriter,
+                  to_uint8, writable_folder)
 from errors import ErrorBank, gather_from_ranks, inject, one_step_errors
 from flow import flow_loss, interpolate, sample_t, schedule, velocity_target
-from model import (PRESETS, DiTConfig, VideoDiT, add_lora, condition, load_checkpoint,
-                   merged_state_dict, tokenize)
-from sample import rollout
+from model import (PRESETS, DiTConfig, VideoDiT, add_lora, condition, device_problems,
+                   load_checkpoint, merged_state_dict, pick_device, tokenize)
+from sample import rollout, world_start
 
 
 @dataclass
@@ -52,10 +53,12 @@ class TrainConfig:
     resolution: int = 32          # H = W
     motion_frames: int = 2        # m, frames carried from one clip to the next
     p_film: float = 0.5           # share of clips conditioned in film mode (no anchor)
-    anchor_gap: int = 0           # shot-mode anchor: a frame 0 to this many frames before the
-                                  # clip (SVI 2.0); 0: a random frame of the clip (SVI 1.0)
-    p_event: float = 0.2          # share of world clips with a scene event after the motion frames
-    p_control: float = 0.2        # share of world clips whose shape 0 follows a control path
+    anchor_gap: int = 64          # shot-mode anchor: the world's first frame, 0 to this many
+                                  # frames before the clip (SVI 2.0: who, not where); 0: a random
+                                  # frame of the clip (SVI 1.0), which pins shapes at test time
+    world: str = ""               # the synthetic world's difficulty: easy, medium, hard
+                                  # (data.WORLDS); "": the checkpoint's with --init-from or
+                                  # --resume, else data.DEFAULT_WORLD
     # model
     preset: str = "T"             # T, S, B, L, XL (model.PRESETS)
     width: int = 0                # > 0: override the preset's width
@@ -107,7 +110,8 @@ class TrainConfig:
     export: str = ""              # at the end, also write the EMA weights alone in half
                                   # precision to this .pt (small, for sharing: checkpoints/)
     seed: int = 0
-    device: str = "auto"          # auto, cpu, cuda
+    device: str = "auto"          # auto (CUDA when there is one, else the CPU), cpu, cuda
+    precision: str = "auto"       # auto (bf16 autocast on CUDA, fp32 elsewhere), bf16, fp32
     compile: bool = False         # torch.compile the model (CUDA)
     grad_ckpt: bool = False       # recompute each block in the backward pass (saves memory)
     log_every: int = 50
@@ -162,7 +166,12 @@ def check(cfg: TrainConfig):
         problems.append(f"--export {cfg.export}: give a .pt path in a writable folder")
     if cfg.data != "shapes" and not os.path.isdir(cfg.data):
         problems.append(f"--data {cfg.data}: no such folder (or use --data shapes)")
-    for name in ("p_film", "p_event", "p_control", "p_uncond", "p_img", "p_vid", "p_noise",
+    if cfg.precision not in ("auto", "bf16", "fp32"):
+        problems.append(f"--precision {cfg.precision}: choose auto, bf16 or fp32")
+    problems += device_problems(cfg.device)
+    if cfg.world and cfg.world not in WORLDS:
+        problems.append(f"--world {cfg.world}: choose one of {', '.join(WORLDS)}")
+    for name in ("p_film", "p_uncond", "p_img", "p_vid", "p_noise",
                  "p_clean", "p_bank_clean", "sample_eta"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"--{name.replace('_', '-')} must be within [0, 1]")
@@ -210,10 +219,10 @@ def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
     then a row of generated ones)."""
     device = next(model.parameters()).device
     m = cfg.motion_frames
-    ws = [ShapesWorld(seed, cfg.resolution) for seed in range(worlds)]
-    first = torch.stack([to_unit(w.frames(m)) for w in ws]).to(device)  # [W, C, m, H, W]
+    ws = [ShapesWorld(seed, cfg.resolution, cfg.world) for seed in range(worlds)]
+    first, anchor = world_start(ws, m, device)  # [worlds, C, m, H, W], [worlds, C, H, W]
     gen = torch.Generator().manual_seed(0)
-    clips = list(rollout(model, first, first[:, :, 0], lambda k: [w.prompt() for w in ws],
+    clips = list(rollout(model, first, anchor, lambda k: [w.prompt() for w in ws],
                          lambda k: None, chunks, gen, steps=cfg.sample_steps, shift=cfg.shift,
                          guidance=cfg.guidance, eta=cfg.sample_eta))
     fake = [to_uint8(v) for v in torch.cat(clips, dim=2)]               # W x [frames, H, W, 3]
@@ -230,7 +239,8 @@ def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
 def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device):
     """n training clips and everything drawn for them: x0, noise, t, the condition (motion frames,
     then the anchor, a frame of the clip or from before it, or zeros in film mode), prompt tokens
-    (dropped with p_uncond) and the control stream."""
+    (dropped with p_uncond) and the control stream. All on `device` but the flow times t [n],
+    which stay on the CPU: the error banks file errors by their values."""
     T, m = cfg.frames, cfg.motion_frames
     video, prompts, control, anchor = source.clips(n, T, rng, cfg.anchor_gap)
     x0, control, anchor = video.to(device), control.to(device), anchor.to(device)
@@ -243,185 +253,273 @@ def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device
                                                           generator=gen).to(device)
     prompts = ["" if u < cfg.p_uncond else p for u, p in zip(rng.random(n), prompts)]
     ids, mask = (x.to(device) for x in tokenize(prompts, text_len))
-    t = sample_t(n, gen, cfg.shift).to(device)
+    t = sample_t(n, gen, cfg.shift)
     noise = torch.randn(x0.shape, generator=gen).to(device)
     return x0, noise, t, cond, ids, mask, control
 
 
-def main(cfg: TrainConfig):
-    check(cfg)
-    # --- processes and devices: plain python, or torchrun (DDP) ---
-    ddp = int(os.environ.get("WORLD_SIZE", 1)) > 1
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if ddp:
+# -----------------------------------------------------------------------------
+# A run: its processes, what it trains, one step, and what it writes
+
+@dataclass
+class Procs:
+    """This process among the run's ranks: its device, and how it cuts its share of a batch."""
+    rank: int
+    world_size: int     # ranks
+    device: str
+    micro: int          # clips per forward pass
+    accum: int          # forward passes per optimiser step
+    autocast: object    # a context for the forward pass: bf16 autocast, or nothing
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_processes(cfg: TrainConfig) -> Procs:
+    """Plain python is one rank; under torchrun each process is one (DDP, NCCL on CUDA)."""
+    device, rank, world = pick_device(cfg.device), 0, int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
+        rank = dist.get_rank()
         if device == "cuda":
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(device)
-    else:
-        rank, world = 0, 1
-    master = rank == 0
     micro = cfg.micro_batch or cfg.batch_size // world
     if cfg.batch_size % (world * micro):
         fail([f"--batch-size {cfg.batch_size} must divide by {world} rank(s) x --micro-batch "
               f"{micro}"])
-    accum = cfg.batch_size // (world * micro)  # micro-batches per rank and step
     if "cuda" in device:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    autocast = torch.autocast("cuda", torch.bfloat16) if "cuda" in device else nullcontext()
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and "cuda" in device
+                                       and torch.cuda.is_bf16_supported())  # Ampere and later
+    autocast = torch.autocast(torch.device(device).type, torch.bfloat16) if bf16 else nullcontext()
     torch.manual_seed(cfg.seed)
+    return Procs(rank, world, device, micro, cfg.batch_size // (world * micro), autocast)
 
-    # --- data ---
-    if cfg.data == "shapes":
-        source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.p_event, cfg.p_control)
-    else:
-        source = VideoFolder(cfg.data, cfg.frames, cfg.resolution)
 
-    # --- model, EMA, optimiser, error banks; from scratch, --init-from or --resume ---
-    ckpt_path = os.path.join(cfg.out, "ckpt.pt")
-    start = cfg.init_from if cfg.init_from and not cfg.resume else (ckpt_path if cfg.resume else "")
+@dataclass
+class Run:
+    """What a run trains and saves: model, EMA, optimiser, error banks and step."""
+    model: VideoDiT
+    ema: VideoDiT
+    optimizer: torch.optim.Optimizer
+    bank_vid: ErrorBank
+    bank_noise: ErrorBank
+    step: int = 0
+
+
+def model_config(cfg: TrainConfig, ckpt: dict | None, start: str) -> DiTConfig:
+    """The network's shape: the flags' (from scratch) or the checkpoint's, grown by --depth."""
+    if ckpt is None:
+        return DiTConfig(frames=cfg.frames, resolution=cfg.resolution, patch_t=cfg.patch_t,
+                         patch_s=cfg.patch_s, rope=cfg.rope, **model_sizes(cfg))
+    model_cfg = DiTConfig(**ckpt["model_cfg"])
+    if (model_cfg.frames, model_cfg.resolution) != (cfg.frames, cfg.resolution):
+        fail([f"{start} was trained with --frames {model_cfg.frames} --resolution "
+              f"{model_cfg.resolution}; pass the same"])
+    if cfg.init_from and not cfg.resume and cfg.depth:  # grow a base: --depth > its depth
+        if cfg.depth < model_cfg.depth:
+            fail([f"--depth {cfg.depth}: {start} has {model_cfg.depth} blocks; "
+                  "--init-from can add blocks, not remove them"])
+        model_cfg.depth = cfg.depth
+    return model_cfg
+
+
+def build(cfg: TrainConfig, device: str) -> Run:
+    """The run from scratch, from --init-from (the base's EMA weights) or --resume (everything)."""
+    start = os.path.join(cfg.out, "ckpt.pt") if cfg.resume else cfg.init_from
     try:
         ckpt = load_checkpoint(start) if start else None
     except ValueError as err:
         fail([str(err)])
-    if ckpt is not None:
-        model_cfg = DiTConfig(**ckpt["model_cfg"])
-        if (model_cfg.frames, model_cfg.resolution) != (cfg.frames, cfg.resolution):
-            fail([f"{start} was trained with --frames {model_cfg.frames} --resolution "
-                  f"{model_cfg.resolution}; pass the same"])
-        if cfg.init_from and not cfg.resume and cfg.depth:  # grow a base: --depth > its depth
-            if cfg.depth < model_cfg.depth:
-                fail([f"--depth {cfg.depth}: {start} has {model_cfg.depth} blocks; "
-                      "--init-from can add blocks, not remove them"])
-            model_cfg.depth = cfg.depth
-    else:
-        model_cfg = DiTConfig(frames=cfg.frames, resolution=cfg.resolution, patch_t=cfg.patch_t,
-                              patch_s=cfg.patch_s, rope=cfg.rope, **model_sizes(cfg))
+    model_cfg = model_config(cfg, ckpt, start)
+    if not cfg.world:  # the world the checkpoint was trained on, else the default
+        cfg.world = ckpt["train_cfg"]["world"] if ckpt else DEFAULT_WORLD
     model = VideoDiT(model_cfg)
-    if cfg.init_from and not cfg.resume:
-        # start from the base's EMA; blocks it lacks are appended, each the identity
-        # (adaLN-Zero), so the grown model starts as the base
+    if cfg.init_from and not cfg.resume:  # blocks the base lacks are appended, each the
+        # identity (adaLN-Zero), so a grown model starts as the base
         missing, unexpected = model.load_state_dict(merged_state_dict(ckpt["ema"]), strict=False)
         assert not unexpected and all(k.startswith("blocks.") for k in missing), missing
-    if cfg.lora_rank > 0:
-        add_lora(model, cfg.lora_rank)
     ema = VideoDiT(model_cfg)
-    if cfg.lora_rank > 0:
-        add_lora(ema, cfg.lora_rank)
+    for net in (model, ema) if cfg.lora_rank > 0 else ():
+        add_lora(net, cfg.lora_rank)
     ema.load_state_dict(model.state_dict())
     model.to(device), ema.to(device).requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   betas=(0.9, 0.99), fused="cuda" in device)
-    anchors = schedule(cfg.sample_steps, cfg.shift)[:-1]  # the sampler's timesteps
-    anchors = anchors[torch.linspace(0, len(anchors) - 1, cfg.buckets).round().long()]
-    bank_dtype = getattr(torch, cfg.bank_dtype)
-    bank_vid = ErrorBank(anchors, cfg.capacity, cfg.replace, cfg.bank_device, bank_dtype)
-    bank_noise = ErrorBank(anchors, cfg.capacity, cfg.replace, cfg.bank_device, bank_dtype)
-    step = 0
+    times = schedule(cfg.sample_steps, cfg.shift)[:-1]  # the buckets: the sampler's timesteps
+    times = times[torch.linspace(0, len(times) - 1, cfg.buckets).round().long()]
+    banks = [ErrorBank(times, cfg.capacity, cfg.replace, cfg.bank_device,
+                       getattr(torch, cfg.bank_dtype)) for _ in range(2)]
+    run = Run(model, ema, optimizer, *banks)
     if cfg.resume:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if "bank_vid" in ckpt:
-            bank_vid.load_state_dict(ckpt["bank_vid"])
-            bank_noise.load_state_dict(ckpt["bank_noise"])
-        step = ckpt["step"]
-    del ckpt
+            run.bank_vid.load_state_dict(ckpt["bank_vid"])
+            run.bank_noise.load_state_dict(ckpt["bank_noise"])
+        run.step = ckpt["step"]
     model.grad_ckpt = cfg.grad_ckpt
-    net = torch.compile(model) if cfg.compile else model
-    net = DistributedDataParallel(net) if ddp else net
-    if master:
-        os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
-        print(f"model: preset {cfg.preset}, {model.num_params() / 1e6:.2f}M parameters "
-              f"({sum(p.numel() for p in params) / 1e6:.2f}M trained), {device}, {world} rank(s)")
-    log = open(os.path.join(cfg.out, "log.jsonl"), "a") if master else None
-    configs = dict(model_cfg=dataclasses.asdict(model_cfg), train_cfg=dataclasses.asdict(cfg))
+    return run
 
-    # --- the loop ---
-    m = cfg.motion_frames
-    losses, t0 = [], time.time()
-    while step < cfg.steps:
-        lr = get_lr(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        loss, errors = 0.0, []
-        for i in range(accum):  # micro-batch i of this rank: shard rank * accum + i of the batch
-            rng = np.random.default_rng([cfg.seed, step, rank * accum + i])  # all its randomness
-            gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-            x0, noise, t, cond, ids, mask, control = make_batch(source, cfg, micro, rng, gen,
-                                                                model_cfg.text_len, device)
-            if cfg.erft:  # error recycling: inputs with the model's own errors, target clean
-                x_t, v_target, cond, clean = inject(x0, noise, cond, t, bank_vid, bank_noise, gen,
-                                                    cfg.p_img, cfg.p_vid, cfg.p_noise,
-                                                    cfg.p_clean, m)
-            else:
-                x_t, v_target = interpolate(x0, noise, t), velocity_target(x0, noise)
-            last = i == accum - 1  # DDP averages the gradients over ranks on the last only
-            with nullcontext() if last or not ddp else net.no_sync():
-                with autocast:
-                    v_hat = net(x_t, t, cond, ids, mask, control)
-                micro_loss = flow_loss(v_hat, v_target)
-                if not torch.isfinite(micro_loss):
-                    raise SystemExit(f"error: loss is {micro_loss.item()} at step {step}; "
-                                     f"the last good checkpoint is kept in {ckpt_path}")
-                (micro_loss / accum).backward()
-            loss += micro_loss.item() / accum
-            if cfg.erft:  # this step's errors; those of clean samples only now and then
-                keep = ~clean.cpu() | (torch.rand(micro, generator=gen) < cfg.p_bank_clean)
-                errors.append((*one_step_errors(v_hat.detach(), v_target, t), t, keep))
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        optimizer.step()
-        update_ema(ema, model, min(cfg.ema, (1 + step) / (10 + step)))
-        if cfg.erft:  # bank them, after the update, in shard order
-            e_vid, e_noise, t, keep = (torch.cat(x) for x in zip(*errors))
-            if ddp and step < cfg.warmup_gather:
-                e_vid, e_noise, t, keep = gather_from_ranks(
-                    e_vid.to(device), e_noise.to(device), t, keep.to(device, torch.uint8))
-            keep = keep.cpu().bool()
-            bank_vid.add(e_vid.cpu()[keep], t.cpu()[keep])
-            bank_noise.add(e_noise.cpu()[keep], t.cpu()[keep])
-        losses.append(loss)
-        step += 1
 
-        # --- logging, samples, checkpoints (rank 0) ---
-        if master and (step % cfg.log_every == 0 or step == cfg.steps):
-            dt = (time.time() - t0) / len(losses)
-            record = dict(step=step, loss=float(np.mean(losses)), lr=lr, sec_per_step=dt)
-            if cfg.erft:
-                norms = [n for n in bank_vid.stats()["mean_norm"] if n > 0]
-                record.update(bank=len(bank_vid), bank_capacity=cfg.buckets * cfg.capacity,
-                              error_norm=float(np.mean(norms)) if norms else 0.0)
-            print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in record.items()), flush=True)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            losses, t0 = [], time.time()
-        if master and (step % cfg.sample_every == 0 or step == cfg.steps):
-            write_samples(ema, cfg, os.path.join(cfg.out, "samples", f"step_{step:06d}.gif"))
-            if cfg.erft and len(bank_vid):
-                write_bank_picture(bank_vid, os.path.join(cfg.out, "samples", "bank.png"))
-        if master and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-            state = dict(model=model.state_dict(), ema=ema.state_dict(),
-                         optimizer=optimizer.state_dict(), step=step, **configs)
-            if cfg.erft:
-                state.update(bank_vid=bank_vid.state_dict(), bank_noise=bank_noise.state_dict())
-            save_checkpoint(ckpt_path, state)
-    if master and cfg.export:  # EMA weights only, LoRA folded in, half precision
+def forward_backward(net, batch, run: Run, cfg: TrainConfig, gen, procs: Procs):
+    """The flow loss of one micro-batch, its gradient accumulated; with --erft the inputs carry
+    banked errors, and the step's own one-step errors are returned for the banks, else None."""
+    x0, noise, t, cond, ids, mask, control = batch
+    if cfg.erft:  # paper Eq. 3: the model's own errors in its inputs; Eq. 6: the target is clean
+        x_t, v_target, cond, clean = inject(
+            x0, noise, cond, t, run.bank_vid, run.bank_noise, gen, p_img=cfg.p_img,
+            p_vid=cfg.p_vid, p_noise=cfg.p_noise, p_clean=cfg.p_clean,
+            motion_frames=cfg.motion_frames)
+    else:
+        x_t, v_target = interpolate(x0, noise, t), velocity_target(x0, noise)
+    with procs.autocast:
+        v_hat = net(x_t, t.to(x_t.device), cond, ids, mask, control)
+    loss = flow_loss(v_hat, v_target)  # fp32 under autocast too
+    (loss / procs.accum).backward()
+    if not cfg.erft:
+        return loss, None
+    # paper Eq. 4, no extra pass; errors of clean samples are banked only now and then
+    keep = ~clean | (torch.rand(len(t), generator=gen) < cfg.p_bank_clean)  # [B] on the CPU
+    return loss, (*one_step_errors(v_hat.detach(), v_target, t), t, keep)
+
+
+def bank_errors(run: Run, errors: list, cfg: TrainConfig, procs: Procs):
+    """File this step's errors (of every micro-batch, in shard order; of every rank during the
+    first --warmup-gather steps) into the two banks."""
+    e_vid, e_noise, t, keep = (torch.cat(x) for x in zip(*errors))
+    if procs.world_size > 1 and run.step < cfg.warmup_gather:
+        device = e_vid.device
+        e_vid, e_noise, t, keep = gather_from_ranks(e_vid, e_noise, t.to(device),
+                                                    keep.to(device, torch.uint8))
+        t, keep = t.cpu(), keep.cpu().bool()
+    index = keep.nonzero().squeeze(1)  # [kept], on the CPU
+    for bank, error in ((run.bank_vid, e_vid), (run.bank_noise, e_noise)):
+        bank.add(error.index_select(0, index.to(error.device)), t[index])
+
+
+def train_step(run: Run, net, source, cfg: TrainConfig, procs: Procs) -> torch.Tensor:
+    """One optimiser step over this rank's micro-batches; returns the mean flow loss, a tensor on
+    the device (reading its value would wait for the GPU at every step). Every random draw comes
+    from generators seeded by (seed, step, shard), so resuming is bitwise."""
+    lr = get_lr(run.step, cfg)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    loss, errors = 0.0, []  # the loss: a sum of tensors
+    for i in range(procs.accum):  # micro-batch i of this rank: shard rank * accum + i
+        rng = np.random.default_rng([cfg.seed, run.step, procs.rank * procs.accum + i])
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        batch = make_batch(source, cfg, procs.micro, rng, gen, run.model.cfg.text_len,
+                           procs.device)
+        sync = i == procs.accum - 1 or procs.world_size == 1  # DDP averages over ranks on the last
+        with nullcontext() if sync else net.no_sync():
+            micro_loss, micro_errors = forward_backward(net, batch, run, cfg, gen, procs)
+        loss = loss + micro_loss.detach() / procs.accum
+        errors.append(micro_errors)
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    run.optimizer.step()
+    update_ema(run.ema, run.model, min(cfg.ema, (1 + run.step) / (10 + run.step)))
+    if cfg.erft:  # after the update, as the official code does
+        bank_errors(run, errors, cfg, procs)
+    run.step += 1
+    return loss
+
+
+def checked(losses: list, run: Run, cfg: TrainConfig, procs: Procs) -> list:
+    """The loss of each step since the last log, averaged over ranks; a non-finite one stops
+    every rank before anything is saved, so the last checkpoint stays the last good one."""
+    losses = torch.stack(losses)  # [steps]
+    if procs.world_size > 1:
+        dist.all_reduce(losses)
+        losses = losses / procs.world_size
+    values = losses.tolist()
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise SystemExit(f"error: loss is {values[bad[0]]} at step "
+                         f"{run.step - len(values) + bad[0]}; the last good checkpoint is kept "
+                         f"in {os.path.join(cfg.out, 'ckpt.pt')}")
+    return values
+
+
+def log_line(run: Run, cfg: TrainConfig, losses: list, seconds: float, log):
+    """One line of the training log, printed and appended to log.jsonl."""
+    record = dict(step=run.step, loss=float(np.mean(losses)), lr=get_lr(run.step - 1, cfg),
+                  sec_per_step=seconds / len(losses))
+    if cfg.erft:
+        norms = [n for n in run.bank_vid.stats()["mean_norm"] if n > 0]
+        record.update(bank=len(run.bank_vid), bank_capacity=cfg.buckets * cfg.capacity,
+                      error_norm=float(np.mean(norms)) if norms else 0.0)
+    print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                   for k, v in record.items()), flush=True)
+    log.write(json.dumps(record) + "\n")
+    log.flush()
+
+
+def save(run: Run, cfg: TrainConfig, path: str, export: bool = False):
+    """The checkpoint (weights, EMA, optimiser, step, configs, banks); with export, the EMA alone,
+    LoRA folded in, in half precision: small, for sharing."""
+    configs = dict(model_cfg=dataclasses.asdict(run.model.cfg), train_cfg=dataclasses.asdict(cfg))
+    if export:
         half = {k: v.half() if v.is_floating_point() else v
-                for k, v in merged_state_dict(ema.state_dict()).items()}
-        os.makedirs(os.path.dirname(cfg.export) or ".", exist_ok=True)
-        save_checkpoint(cfg.export, dict(ema=half, step=step, **configs))
-    if ddp:  # leave together, and free what still holds the group while python is whole:
-        dist.barrier()  # gloo threads met at interpreter exit can abort a finished rank
+                for k, v in merged_state_dict(run.ema.state_dict()).items()}
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return save_checkpoint(path, dict(ema=half, step=run.step, **configs))
+    state = dict(model=run.model.state_dict(), ema=run.ema.state_dict(),
+                 optimizer=run.optimizer.state_dict(), step=run.step, **configs)
+    if cfg.erft:
+        state.update(bank_vid=run.bank_vid.state_dict(), bank_noise=run.bank_noise.state_dict())
+    save_checkpoint(path, state)
+
+
+def main(cfg: TrainConfig):
+    check(cfg)
+    procs = setup_processes(cfg)
+    run = build(cfg, procs.device)  # (and the world, from a checkpoint when not given)
+    if cfg.data == "shapes":
+        source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.world)
+    else:
+        source = VideoFolder(cfg.data, cfg.frames, cfg.resolution)
+    net = torch.compile(run.model) if cfg.compile else run.model
+    net = DistributedDataParallel(net) if procs.world_size > 1 else net
+    if procs.master:
+        os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
+        trained = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
+        print(f"model: preset {cfg.preset}, {run.model.num_params() / 1e6:.2f}M parameters "
+              f"({trained / 1e6:.2f}M trained), {procs.device}, {procs.world_size} rank(s)")
+    log = open(os.path.join(cfg.out, "log.jsonl"), "a") if procs.master else None
+    losses, t0 = [], time.time()
+    while run.step < cfg.steps:
+        losses.append(train_step(run, net, source, cfg, procs))
+        last = run.step == cfg.steps
+        if run.step % cfg.log_every == 0 or run.step % cfg.ckpt_every == 0 or last:
+            values = checked(losses, run, cfg, procs)  # on every rank, together
+        if run.step % cfg.log_every == 0 or last:
+            if procs.master:
+                log_line(run, cfg, values, time.time() - t0, log)
+            losses, t0 = [], time.time()
+        if not procs.master:
+            continue
+        if run.step % cfg.sample_every == 0 or last:
+            samples = os.path.join(cfg.out, "samples")
+            write_samples(run.ema, cfg, os.path.join(samples, f"step_{run.step:06d}.gif"))
+            if cfg.erft and len(run.bank_vid):
+                write_bank_picture(run.bank_vid, os.path.join(samples, "bank.png"))
+        if run.step % cfg.ckpt_every == 0 or last:
+            save(run, cfg, os.path.join(cfg.out, "ckpt.pt"))
+    if procs.master and cfg.export:
+        save(run, cfg, cfg.export, export=True)
+    if procs.world_size > 1:  # leave together, and free what still holds the group while python is
+        dist.barrier()   # whole: gloo threads met at interpreter exit can abort a finished rank
         dist.destroy_process_group()
         gc.collect()
-    return model, ema, bank_vid, bank_noise
+    return run.model, run.ema, run.bank_vid, run.bank_noise
 
 
 def write_bank_picture(bank: ErrorBank, path: str):
@@ -436,7 +534,7 @@ def write_bank_picture(bank: ErrorBank, path: str):
         bars[H - height:, b * H:(b + 1) * H - 1] = (200, 60, 60)
     tiles = []
     for b, c in enumerate(stats["count"]):
-        e = bank.errors[b, 0, :, 0].float() if c else torch.zeros(3, H, H)       # [C, H, W]
+        e = bank.errors[b, 0, :, 0].float().cpu() if c else torch.zeros(3, H, H)  # [C, H, W]
         e = e / (e.abs().max() + 1e-8)
         tiles.append(((e + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
     picture = np.concatenate([bars, np.concatenate(tiles, axis=1)], axis=0)

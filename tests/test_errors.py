@@ -96,12 +96,14 @@ def batch():
 def test_injection_is_the_identity_with_empty_banks_or_clean_gates():
     x0, noise, cond, t = batch()
     empty = ErrorBank(torch.tensor([0.9, 0.5, 0.1]), 4)
-    x_t, v, c, _ = inject(x0, noise, cond, t, empty, empty, G(0), 1.0, 1.0, 1.0, 0.0)
+    x_t, v, c, _ = inject(x0, noise, cond, t, empty, empty, G(0), p_img=1.0, p_vid=1.0,
+                          p_noise=1.0, p_clean=0.0)
     assert torch.equal(x_t, interpolate(x0, noise, t))
     assert torch.equal(v, velocity_target(x0, noise))
     assert torch.equal(c, cond)
     full = filled_bank()
-    x_t, v, c, clean = inject(x0, noise, cond, t, full, full, G(0), 1.0, 1.0, 1.0, p_clean=1.0)
+    x_t, v, c, clean = inject(x0, noise, cond, t, full, full, G(0), p_img=1.0, p_vid=1.0,
+                              p_noise=1.0, p_clean=1.0)
     assert clean.all() and torch.equal(c, cond)
     assert torch.equal(x_t, interpolate(x0, noise, t))
     assert torch.equal(v, velocity_target(x0, noise))
@@ -110,7 +112,8 @@ def test_injection_is_the_identity_with_empty_banks_or_clean_gates():
 def test_injection_adds_errors_where_the_paper_says():
     x0, noise, cond, t = batch()
     bank_vid, bank_noise = filled_bank(), filled_bank()
-    x_t, v, c, clean = inject(x0, noise, cond, t, bank_vid, bank_noise, G(0), 1.0, 1.0, 1.0, 0.0)
+    x_t, v, c, clean = inject(x0, noise, cond, t, bank_vid, bank_noise, G(0), p_img=1.0,
+                              p_vid=1.0, p_noise=1.0, p_clean=0.0)
     assert not clean.any()
     g = G(0)  # replay inject's draws: gates, then e_vid, e_noise
     torch.rand(4, 4, generator=g)

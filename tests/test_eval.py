@@ -5,12 +5,14 @@ import os
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import torch
 
 import eval as drift
 import train
 from conftest import tiny_config
-from data import BACKGROUNDS, COLOURS, ShapesWorld
-from model import from_checkpoint
+from data import BACKGROUNDS, COLOURS, KINDS, ShapesWorld, World
+from errors import ErrorBank
+from model import DiTConfig, from_checkpoint
 
 RED, BLUE = np.array(COLOURS["red"], np.uint8), np.array(COLOURS["blue"], np.uint8)
 BLACK = np.array(BACKGROUNDS["black"], np.uint8)
@@ -40,6 +42,30 @@ def test_components_count_blobs_and_their_centroids():
     blobs = sorted(drift.components(mask))
     assert [b[0] for b in blobs] == [6, 9]
     assert np.allclose(blobs[0][1], (2.5, 2.0)) and np.allclose(blobs[1][1], (7.5, 7.5))
+
+
+@pytest.mark.parametrize("world", ["easy", "medium", "hard"])
+def test_every_whole_shape_of_every_world_gets_its_kind(world):
+    for seed in range(30):
+        w = ShapesWorld(seed, 32, world)
+        index, _ = drift.nearest_palette(w.frames(6))
+        for i, truth in zip(index, w.truth):
+            for colour, kind, visible in zip(truth["colour"], truth["kind"], truth["visible"]):
+                if visible == 1.0:
+                    ys, xs = np.nonzero(i == colour)
+                    assert drift.kind_of(ys, xs) == kind, (world, seed, truth["time"])
+
+
+def test_a_shape_of_the_wrong_kind_is_counted():
+    world = ShapesWorld(2, 32, n_shapes=1)
+    world.kind[:] = KINDS.index("square")
+    real = world.frames(4)
+    world = ShapesWorld(2, 32, n_shapes=1)
+    world.kind[:] = KINDS.index("triangle")
+    fake = world.frames(4)  # the same shape, colour and path, another kind
+    s = drift.score_clip(fake, real, world.background)
+    assert s["count"] == s["colours"] == 0 and s["kinds"] == 1 and s["match"] == 0
+    assert drift.score_clip(real, real, world.background)["kinds"] == 0
 
 
 def test_the_real_video_scores_ideal():
@@ -112,7 +138,7 @@ def test_first_clip_check_is_split_by_hidden_shapes():
     scores["real"]["hidden"] = np.array([[0, 1], [1, 0], [1, 1], [0, 0]], dtype=np.float64)
     scores["model"]["match"][:, 0] = [1.0, 0.25, 0.5, 0.0]  # passes at >= 0.5: seeds 0 and 2
     text = drift.table(scores, "consistent", 2)
-    assert "at least half its frames: real 4/4, model 2/4." in text
+    assert "kinds in at least half its frames: real 4/4, model 2/4." in text
     assert "show at least half of every shape: real 2/2, model 1/2;" in text
     assert "mostly hidden in them: real 2/2, model 1/2." in text
 
@@ -120,20 +146,22 @@ def test_first_clip_check_is_split_by_hidden_shapes():
 def test_real_clips_flag_a_shape_hidden_by_the_motion_frames():
     """Counted from pixels: a shape is hidden when its colour covers less than half of what it
     covers drawn alone, in both motion frames (each shape has its own colour)."""
-    T, m = 8, 2
+    T, m, hidden = 8, 2, 0
     for seed in range(16):
-        world = ShapesWorld(seed)
+        world = ShapesWorld(seed, world="hard")  # shapes pass in front of one another
         frames = world.frames(m)
         shown = []
         for i, colour in enumerate(world.colour):
-            alone = ShapesWorld(seed)
+            alone = ShapesWorld(seed, world="hard")
             for name in ("pos", "vel", "size", "colour", "kind"):
                 setattr(alone, name, getattr(alone, name)[[i]])
             rgb = list(COLOURS.values())[colour]
             drawn = [(f == rgb).all(-1).sum((1, 2)) for f in (frames, alone.frames(m))]  # [m]
             shown.append(max(drawn[0] / drawn[1]))
-        _, clips = drift.real_clips(seed, "consistent", 1, T, m, 32, 5)
+        _, clips = drift.real_clips(seed, "consistent", 1, T, m, 32, 5, "hard")
         assert clips[0]["hidden"] == (min(shown) < 0.5), seed
+        hidden += clips[0]["hidden"]
+    assert hidden > 0  # some worlds of the 16 start with a shape behind another
 
 
 def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
@@ -207,9 +235,95 @@ def test_recycled_losses_use_the_run_banks(tmp_path, base_ckpt, capsys):
 def test_bad_eval_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         drift.main(drift.parse_args(["--ckpt", "x=missing.pt", "--seeds", "0", "--eta", "-1",
-                                     "--versus", "y", "--shift", "-2",
-                                     "--video-seed", "3"]))
+                                     "--versus", "y", "--shift", "-2", "--device", "meta",
+                                     "--video-seed", "3", "--diagnostic", "errors"]))
     err = capsys.readouterr().err
+    assert "--device meta holds shapes" in err and "--diagnostic errors needs --bank" in err
     assert exit_info.value.code == 2 and "no such file" in err and "--seeds must be positive" in err
     assert "--eta must be in [0, 1]" in err and "--versus y: not one of the --ckpt names" in err
     assert "--shift must be positive" in err and "--video-seed must be in [0, --seeds)" in err
+
+
+# -----------------------------------------------------------------------------
+# The diagnostics, on stand-in models whose errors are known
+
+class CopyModel(torch.nn.Module):
+    """A stand-in for the DiT whose sampled clip is a known frame repeated, plus `offset` (in
+    [-1, 1] units): the last motion frame (source "motion") or the anchor ("anchor"). Its
+    velocity (x_t - target) / t makes every sampler step's clean estimate the target."""
+
+    def __init__(self, source, offset, frames=4, resolution=16, m=2):
+        super().__init__()
+        self.cfg = DiTConfig(frames=frames, resolution=resolution, text_len=8)
+        self.source, self.offset, self.motion_frames = source, offset, m
+        self.anything = torch.nn.Parameter(torch.zeros(1))  # where the model lives
+
+    def forward(self, x_t, t, cond, ids, mask, control=None):
+        slot = self.motion_frames - 1 if self.source == "motion" else -1
+        target = cond[:, 1:, slot, None].expand_as(x_t) + self.offset  # [B, C, T, H, W]
+        return (x_t - target) / t.view(-1, 1, 1, 1, 1)
+
+
+STILL = World(shapes=(1, 1), size=(0.2, 0.2), speed=(0.0, 0.0), backgrounds=1)  # black, still
+SAMPLING = dict(steps=2, eta=1.0)
+
+
+def test_headroom_is_the_gap_of_an_error_that_compounds():
+    """Adding 0.04 per clip: teacher-forced, every clip is off by 0.04; free-running, clip k by
+    0.04 k. The background metric (median colour's distance / 255) shows it, 0 for a copy."""
+    models = {"drifts": CopyModel("motion", 0.04), "copies": CopyModel("motion", 0.0)}
+    result = drift.headroom(models, "consistent", 2, SAMPLING, world=STILL)
+    per_clip = 0.04 * 127.5 * np.sqrt(3) / 255
+    forced = result["drifts"]["forced"]["background"].mean(0)
+    free = result["drifts"]["free"]["background"].mean(0)
+    np.testing.assert_allclose(forced, per_clip, atol=0.003)
+    np.testing.assert_allclose(free, per_clip * np.array(drift.HEADROOM_CLIPS), rtol=0.03)
+    assert result["copies"]["free"]["background"].max() == 0
+    assert result["copies"]["forced"]["count"].max() == 0
+    assert "| drifts | count |" in drift.headroom_table(result)
+
+
+def test_response_slope_is_one_for_a_copy_and_zero_when_the_anchor_decides():
+    models = {"motion": CopyModel("motion", 0.02), "anchor": CopyModel("anchor", 0.02)}
+    result, unit = drift.response(models, "consistent", 3, SAMPLING, world=STILL)
+    assert unit == pytest.approx(0.02 * 2, rel=1e-4)  # the offset after 1, 2, 3 clips: mean 2
+    for source in ("rollout", "gaussian"):  # a copy passes on what it is given: gain 1
+        assert drift.slope(result["motion"][source]) == pytest.approx(1.0, abs=0.05), source
+        assert abs(drift.slope(result["anchor"][source])) < 1e-3  # the anchor decides: gain 0
+    put = result["motion"]["rollout"]["put"]
+    np.testing.assert_allclose(put, np.array(drift.STRENGTHS) * unit, rtol=0.02)  # clipped at 1
+    assert "| motion | rollout |" in drift.response_table(result, unit)
+
+
+def test_error_statistics_per_bucket_on_known_errors():
+    bank = ErrorBank(torch.tensor([0.9, 0.1]), 2, dtype=torch.float32)
+    flat = torch.full((2, 3, 4, 8, 8), 0.5)                           # all energy at frequency 0
+    checker = (torch.arange(8)[:, None] + torch.arange(8)).remainder(2) * 2 - 1.0  # [8, 8] +-1
+    bank.add(flat, torch.tensor([0.9, 0.9]))
+    bank.add(checker.expand(2, 3, 4, 8, 8) * 0.25, torch.tensor([0.1, 0.1]))
+    rows = drift.error_stats(bank, checker.expand(3, 3, 4, 8, 8).clone())
+    assert [r[1] for r in rows] == [2, 2, 3]
+    np.testing.assert_allclose([r[2] for r in rows], [0.5, 0.25, 1.0], rtol=1e-5)
+    np.testing.assert_allclose([r[3] for r in rows], [1.0, 0.0, 0.0], atol=1e-6)
+
+
+def test_each_diagnostic_is_one_command(tmp_path, base_ckpt):
+    run = tmp_path / "erft"
+    train.main(tiny_config(run, steps=2, erft=True, init_from=base_ckpt, p_clean=0.0))
+    for name in ("headroom", "response", "errors"):
+        out = tmp_path / name
+        drift.main(drift.parse_args(["--diagnostic", name, "--ckpt", f"a={base_ckpt}",
+                                     "--bank", str(run / "ckpt.pt"), "--seeds", "2",
+                                     "--chunks", "2", "--steps", "1", "--out", str(out)]))
+        assert (out / f"{name}.md").exists() and (out / f"{name}.png").exists()
+
+
+def test_teacher_forcing_conditions_clip_k_on_the_real_frames_just_before_it():
+    T, m = 6, 2
+    reals = [drift.real_clips(seed, "consistent", 4, T, m, 16, 5) for seed in range(2)]
+    for k in (2, 3, 4):
+        before = drift.motion_before(reals, k, T, m)  # [S, C, m, H, W]
+        for s, (_, clips) in enumerate(reals):
+            previous = clips[k - 2]["frames"][-m:]  # the last m frames of real clip k - 1
+            assert torch.equal(before[s], drift.to_unit(previous))
+    assert torch.equal(drift.motion_before(reals, 1, T, m)[0], drift.to_unit(reals[0][0]))

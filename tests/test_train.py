@@ -150,6 +150,11 @@ def test_start_from_an_image_with_a_prompt(tmp_path, base_ckpt):
     (["--data", "no/such/folder"], "no such folder"),
     (["--p-img", "1.5"], "within [0, 1]"),
     (["--resume", "--out", "nowhere"], "no checkpoint"),
+    (["--world", "huge"], "--world huge: choose one of easy, medium, hard"),
+    (["--precision", "fp8"], "--precision fp8: choose auto, bf16 or fp32"),
+    (["--device", "meta"], "--device meta holds shapes, not values"),
+    (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nowhere"],
+     "--device"),
 ])
 def test_bad_training_flags_are_rejected_clearly(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -163,6 +168,7 @@ def test_bad_training_flags_are_rejected_clearly(flags, message, capsys):
     (["--ckpt", "missing.pt"], "no such file"),
     (["--control", "missing.txt"], "no such file"),
     (["--eta", "1.5"], "--eta must be in [0, 1]"),
+    (["--device", "meta"], "--device meta holds shapes, not values"),
 ])
 def test_bad_sampling_flags_are_rejected_clearly(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
