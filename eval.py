@@ -206,6 +206,18 @@ def real_clips(seed, setting, chunks, T, m, res, event_every, preset=DEFAULT_WOR
     return first, clips
 
 
+def conditions(reals, setting, device):
+    """What every seed's rollout is conditioned on: the first motion frames [S, C, m, H, W], the
+    anchor [S, C, H, W] (None in film mode), prompts(k) and controls(k) of clip k (0-based;
+    [S, T, 2] or None), on device."""
+    first = torch.stack([to_unit(f) for f, _ in reals]).to(device)  # [S, C, m, H, W]
+    anchor = None if setting in FILM else first[:, :, 0]
+    prompts = lambda k: [clips[k]["prompt"] for _, clips in reals]
+    stream = lambda k: torch.from_numpy(np.stack([c[k]["stream"] for _, c in reals])).float()
+    controls = (lambda k: stream(k).to(device)) if setting == "conditional" else lambda k: None
+    return first, anchor, prompts, controls
+
+
 def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=None,
              noise_seed=0, video_seed=0, world=DEFAULT_WORLD):
     """Scores [method][metric] -> [seeds, chunks], for the real video ("real") and each model,
@@ -215,13 +227,6 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
     some = next(iter(models.values()))
     T, res, m = some.cfg.frames, some.cfg.resolution, some.motion_frames
     reals = [real_clips(s, setting, chunks, T, m, res, event_every, world) for s in range(seeds)]
-    first = torch.stack([to_unit(f) for f, _ in reals])  # [S, C, m, H, W]
-    anchor = None if setting in FILM else first[:, :, 0]
-    prompts = lambda k: [clips[k]["prompt"] for _, clips in reals]
-    if setting == "conditional":
-        controls = lambda k: torch.from_numpy(np.stack([c[k]["stream"] for _, c in reals])).float()
-    else:
-        controls = lambda k: None
     scores = {name: {metric: np.zeros((seeds, chunks)) for metric in METRICS}
               for name in ["real", *models]}
     scores["real"]["hidden"] = np.array([[c["hidden"] for c in clips] for _, clips in reals],
@@ -234,8 +239,7 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
             model = models[name]
             device = next(model.parameters()).device
             gen = torch.Generator().manual_seed(noise_seed)
-            clips = rollout(model, first.to(device), None if anchor is None else anchor.to(device),
-                            prompts, controls, chunks, gen, **sampling)
+            clips = rollout(model, *conditions(reals, setting, device), chunks, gen, **sampling)
             fakes = ([to_uint8(video) for video in clip] for clip in clips)
         for k, fake in enumerate(fakes):
             for s in range(seeds):
@@ -327,17 +331,11 @@ def one_clip(model, motion, reals, k, setting, sampling, noise_seed):
     """Clip k (1-based) of every seed generated from the given motion frames [S, C, m, H, W]
     (anchor, prompt and control of the real clip k): its new frames, [S, C, T', H, W]."""
     T, m, device = model.cfg.frames, motion.shape[2], next(model.parameters()).device
-    first = torch.stack([to_unit(f) for f, _ in reals])                     # [S, C, m, H, W]
-    anchor = None if setting in FILM else first[:, :, 0].to(device)  # [S, C, H, W]
-    control = None
-    if setting == "conditional":
-        control = torch.from_numpy(np.stack([c[k - 1]["stream"] for _, c in reals])).float()
-        control = control.to(device)
+    _, anchor, prompts, controls = conditions(reals, setting, device)
     gen = torch.Generator().manual_seed(noise_seed * 100_003 + k)  # the same for every model
     noise = torch.randn(len(reals), 3, T, *motion.shape[3:], generator=gen).to(device)
-    clip = generate_clip(model, condition(motion.to(device), anchor, T),
-                         [c[k - 1]["prompt"] for _, c in reals], control, noise,
-                         generator=gen, **sampling)
+    clip = generate_clip(model, condition(motion.to(device), anchor, T), prompts(k - 1),
+                         controls(k - 1), noise, generator=gen, **sampling)
     return clip if k == 1 else clip[:, :, m:]
 
 
@@ -390,12 +388,7 @@ def free_video(model, reals, chunks, setting, sampling, noise_seed=0):
     """A model's free-running rollout of `chunks` clips from every seed's first frames, joined
     (the overlaps dropped): [S, C, frames, H, W] on the CPU."""
     device = next(model.parameters()).device
-    first = torch.stack([to_unit(f) for f, _ in reals]).to(device)  # [S, C, m, H, W]
-    anchor = None if setting in FILM else first[:, :, 0]
-    prompts = lambda k: [c[k]["prompt"] for _, c in reals]
-    controls = lambda k: torch.from_numpy(np.stack([c[k]["stream"] for _, c in reals])).float() \
-        if setting == "conditional" else None
-    clips = rollout(model, first, anchor, prompts, controls, chunks,
+    clips = rollout(model, *conditions(reals, setting, device), chunks,
                     torch.Generator().manual_seed(noise_seed), **sampling)
     return torch.cat([clip.cpu() for clip in clips], dim=2)
 
