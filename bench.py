@@ -31,8 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 import train
 from data import ShapesSource, ShapesWorld
 from flow import flow_loss, interpolate, velocity_target
-from model import (PRESETS, DiTConfig, VideoDiT, condition, device_problems, from_checkpoint,
-                   load_checkpoint, pick_device, tokenize)
+from model import (PRESETS, DiTConfig, VideoDiT, condition, device_problems, fail,
+                   from_checkpoint, load_checkpoint, pick_device, tokenize)
 from sample import rollout, world_start
 
 
@@ -119,12 +119,12 @@ def seconds_per_step(out, **flags):
 
 
 def clip_times(ckpt: str, chunks: int, device="cpu"):
-    """Seconds of each clip of one rollout (shot mode, batch 1, 20 Euler steps)."""
-    model, ck = from_checkpoint(ckpt, device=device)
-    world = ShapesWorld(0, model.cfg.resolution, ck["train_cfg"]["world"])
-    first, anchor = world_start([world], ck["train_cfg"]["motion_frames"], device)
+    """Seconds of each clip of one rollout (shot mode, batch 1, the checkpoint's sampler)."""
+    model = from_checkpoint(ckpt, device=device)
+    world = ShapesWorld(0, model.cfg.resolution, model.sampling.world)
+    first, anchor = world_start([world], model.sampling.motion_frames, device)
     clips = rollout(model, first, anchor, lambda k: [world.prompt()], lambda k: None,
-                    chunks, torch.Generator().manual_seed(0), steps=20)
+                    chunks, torch.Generator().manual_seed(0))
     times, start = [], time.perf_counter()
     for _ in clips:
         wait(device)
@@ -186,17 +186,17 @@ def costs(q, device, say, tmp):
 
     # 5. the banks against their bound
     ckpt = load_checkpoint(os.path.join(tmp, "erft0", "ckpt.pt"))
-    cfg = ckpt["train_cfg"]
+    cfg = train.config_of(ckpt)
     used = sum(ckpt[b]["errors"].numel() * ckpt[b]["errors"].element_size()
                for b in ("bank_vid", "bank_noise"))
-    per_error = 3 * cfg["frames"] * cfg["resolution"] ** 2
-    bound = 2 * cfg["buckets"] * cfg["capacity"] * per_error * \
-        torch.empty(0, dtype=getattr(torch, cfg["bank_dtype"])).element_size()
+    per_error = 3 * cfg.frames * cfg.resolution ** 2
+    bound = 2 * cfg.buckets * cfg.capacity * per_error * \
+        torch.empty(0, dtype=getattr(torch, cfg.bank_dtype)).element_size()
     filled = int(ckpt["bank_vid"]["count"].sum() + ckpt["bank_noise"]["count"].sum())
     say(f"error banks: {used} bytes allocated at the first error ({filled} errors stored) "
         f"against a bound of "
-        f"2 banks x {cfg['buckets']} buckets x {cfg['capacity']} x {per_error} values x "
-        f"{cfg['bank_dtype']} = {bound} bytes ({used / bound:.2f} of it)")
+        f"2 banks x {cfg.buckets} buckets x {cfg.capacity} x {per_error} values x "
+        f"{cfg.bank_dtype} = {bound} bytes ({used / bound:.2f} of it)")
 
 
 def main():
@@ -206,7 +206,7 @@ def main():
                    help="only the computed table of the README's GPU recipe (seconds)")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda")
     args = p.parse_args()
-    train.fail(device_problems(args.device))
+    fail(device_problems(args.device))
     device = pick_device(args.device)
     if args.gpu:
         print("16-frame 64x64 clips, 4 motion frames, batch 64 (computed, not measured)\n"

@@ -52,6 +52,8 @@ class World:
 
 
 WORLDS = {  # named presets; "hard" is the world of svi's first benchmark (docs/hard-world.md)
+    "simple": World(shapes=(1, 2), size=(0.2, 0.27), speed=(0.02, 0.04), overlap=False,
+                    backgrounds=1),
     "easy": World(shapes=(1, 2), size=(0.15, 0.22), speed=(0.02, 0.04), overlap=False,
                   backgrounds=2),
     "medium": World(overlap=False),

@@ -66,9 +66,10 @@ from data import (BACKGROUNDS, COLOURS, DEFAULT_WORLD, KINDS, PALETTE, WORLDS, S
                   ShapesWorld, VideoWriter, to_uint8, to_unit, writable_folder)
 from errors import ErrorBank, inject
 from flow import flow_loss, interpolate, velocity_target
-from model import condition, device_problems, from_checkpoint, load_checkpoint, pick_device
-from sample import generate_clip, rollout
-from train import TrainConfig, fail, make_batch
+from model import (condition, device_problems, fail, from_checkpoint, load_checkpoint,
+                   not_positive, pick_device)
+from sample import add_sampler_flags, generate_clip, rollout, sampler_problems, settings
+from train import config_of, make_batch
 
 OFF_PALETTE = 48.0   # RGB distance beyond which a pixel matches no palette colour
 MIN_AREA = 3         # pixels a connected blob needs to count as an object
@@ -225,7 +226,7 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
     scores["real"]["hidden"] is 1 where the real motion frames of a clip show less than half of
     some shape, in each of them (the world's truth): a shape mostly behind another."""
     some = next(iter(models.values()))
-    T, res, m = some.cfg.frames, some.cfg.resolution, some.motion_frames
+    T, res, m = some.cfg.frames, some.cfg.resolution, some.sampling.motion_frames
     reals = [real_clips(s, setting, chunks, T, m, res, event_every, world) for s in range(seeds)]
     scores = {name: {metric: np.zeros((seeds, chunks)) for metric in METRICS}
               for name in ["real", *models]}
@@ -267,8 +268,7 @@ def recycled_losses(models, run_path, batches=20):
     ckpt = load_checkpoint(run_path)
     if "bank_vid" not in ckpt:
         raise ValueError(f"{run_path}: no error banks; give the ckpt.pt of a train.py --erft run")
-    known = {f.name for f in dataclasses.fields(TrainConfig)}  # older runs had other flags
-    cfg = TrainConfig(**{k: v for k, v in ckpt["train_cfg"].items() if k in known})
+    cfg = config_of(ckpt)
     some = next(iter(models.values()))
     if (cfg.frames, cfg.resolution) != (some.cfg.frames, some.cfg.resolution):
         raise ValueError(f"{run_path}: clips of --frames {cfg.frames} --resolution "
@@ -349,7 +349,7 @@ def headroom(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD
     free = evaluate(models, setting, seeds, max(clips), event_every, sampling,
                     noise_seed=noise_seed, world=world)
     some = next(iter(models.values()))
-    T, m, res = some.cfg.frames, some.motion_frames, some.cfg.resolution
+    T, m, res = some.cfg.frames, some.sampling.motion_frames, some.cfg.resolution
     reals = [real_clips(s, setting, max(clips), T, m, res, event_every, world)
              for s in range(seeds)]
     out = {}
@@ -408,7 +408,7 @@ def banked_errors(path):
     ckpt = load_checkpoint(path)
     if "bank_vid" not in ckpt:
         raise ValueError(f"{path}: no error banks; give the ckpt.pt of a train.py --erft run")
-    bank = ErrorBank(torch.zeros(1), ckpt["train_cfg"]["capacity"])
+    bank = ErrorBank(torch.zeros(1), config_of(ckpt).capacity)
     bank.load_state_dict(ckpt["bank_vid"])
     return bank
 
@@ -438,7 +438,7 @@ def response(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD
     clip from the one made with no error (same noise: what the error itself caused).
     -> ({name: {source: {"put" | "error" | "change": [len(STRENGTHS)]}}}, unit)."""
     some = next(iter(models.values()))
-    T, m, res = some.cfg.frames, some.motion_frames, some.cfg.resolution
+    T, m, res = some.cfg.frames, some.sampling.motion_frames, some.cfg.resolution
     reals = [real_clips(s, setting, max(boundaries), T, m, res, event_every, world)
              for s in range(seeds)]
     real_frames = real_video(reals)[:, :, :(max(boundaries) - 1) * (T - m) + m]
@@ -667,7 +667,7 @@ def diagnose(args, models, sampling, world):
         diagnostic_plot("response", result, png)
     else:
         model = next(iter(models.values()))
-        T, m = model.cfg.frames, model.motion_frames
+        T, m = model.cfg.frames, model.sampling.motion_frames
         reals = [real_clips(s, setting, args.chunks, T, m, model.cfg.resolution,
                             args.event_every, world) for s in range(args.seeds)]
         error = (free_video(model, reals, args.chunks, setting, sampling, args.noise_seed)
@@ -676,10 +676,17 @@ def diagnose(args, models, sampling, world):
         text = errors_table(error_stats(bank, clips))  # clips: [S (chunks - 1), C, T - m, H, W]
         error_picture(bank, clips, png)
     with open(md, "w") as f:
-        f.write(f"{args.seeds} seeds, {setting}, {args.steps} steps, eta {args.eta}; "
+        f.write(f"{args.seeds} seeds, {setting}, {sampler_line(args, models)}; "
                 f"checkpoints: {', '.join(args.ckpt)}\n\n{text}")
     print(text, flush=True)
     return result if args.diagnostic != "errors" else text
+
+
+def sampler_line(args, models) -> str:
+    """The sampler's settings as the first model runs them (its checkpoint's unless given)."""
+    s = settings(next(iter(models.values())), steps=args.steps, shift=args.shift,
+                 guidance=args.guidance, eta=args.eta)
+    return f"{s.steps} steps, eta {s.eta}, guidance {s.guidance}, shift {s.shift}"
 
 
 def parse_args(argv=None):
@@ -704,12 +711,7 @@ def parse_args(argv=None):
                    help="the kind of world (default: the first checkpoint's training world)")
     p.add_argument("--chunks", type=int, default=50, help="clips per rollout")
     p.add_argument("--event-every", type=int, default=5, help="clips between scene events")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps per clip")
-    p.add_argument("--guidance", type=float, default=1.0)
-    p.add_argument("--eta", type=float, default=1.0,
-                   help="share of the noise drawn anew at each step (0: the ODE; sample.py's)")
-    p.add_argument("--shift", type=float, default=0.0,
-                   help="> 0: sample with this schedule shift (default: the checkpoint's)")
+    add_sampler_flags(p)
     p.add_argument("--noise-seed", type=int, default=0,
                    help="seed of the sampler's noise, the same for every model (the worlds' "
                         "seeds stay 0 .. seeds - 1)")
@@ -728,16 +730,11 @@ def parse_args(argv=None):
 
 def check(args) -> list:
     """Reject bad flags with one line each (exit status 2) before any work; -> [(name, path)]."""
-    problems = [f"--{n} must be positive" for n in ("seeds", "chunks", "event_every", "steps")
-                if getattr(args, n) <= 0]
+    problems = not_positive(args, ("seeds", "chunks", "event_every")) + sampler_problems(args)
     named = [c.split("=", 1) if "=" in c else [os.path.basename(os.path.dirname(c)) or c, c]
              for c in args.ckpt]
-    if args.shift < 0:
-        problems.append(f"--shift must be positive (or 0: the checkpoint's), got {args.shift}")
     if not 0 <= args.video_seed < args.seeds:
         problems.append(f"--video-seed must be in [0, --seeds), got {args.video_seed}")
-    if not 0 <= args.eta <= 1:
-        problems.append(f"--eta must be in [0, 1], got {args.eta}")
     if not named:
         problems.append("give at least one --ckpt NAME=PATH")
     problems += [f"--ckpt {path}: no such file" for _, path in named if not os.path.isfile(path)]
@@ -759,35 +756,26 @@ def check(args) -> list:
     return named
 
 
-def load_models(named, device) -> tuple[dict, str]:
-    """The models by name, and the world the first one was trained on."""
-    models, world = {}, None
-    for name, path in named:
-        try:
-            model, ckpt = from_checkpoint(path, device=device)
-        except ValueError as err:
-            fail([str(err)])
-        model.motion_frames = ckpt["train_cfg"]["motion_frames"]
-        model.shift = ckpt["train_cfg"]["shift"]
-        models[name] = model
-        world = world or ckpt["train_cfg"]["world"]
-    return models, world
+def load_models(named, device) -> dict:
+    """The models by name, each with its checkpoint's sampling defaults (model.sampling)."""
+    try:
+        return {name: from_checkpoint(path, device=device) for name, path in named}
+    except ValueError as err:
+        fail([str(err)])
 
 
 def main(args):
     named = check(args)
-    models, first_world = load_models(named, pick_device(args.device))
-    some = next(iter(models.values()))
-    world = args.world or first_world
-    sampling = dict(steps=args.steps, shift=args.shift or some.shift, guidance=args.guidance,
-                    eta=args.eta)
+    models = load_models(named, pick_device(args.device))
+    world = args.world or next(iter(models.values())).sampling.world
+    sampling = dict(steps=args.steps, shift=args.shift, guidance=args.guidance, eta=args.eta)
     os.makedirs(args.out, exist_ok=True)
     if args.diagnostic:
         try:
             return diagnose(args, models, sampling, world)
         except ValueError as err:
             fail([str(err)])
-    settings = {"all": SETTINGS, "none": []}.get(args.setting, [args.setting])
+    chosen = {"all": SETTINGS, "none": []}.get(args.setting, [args.setting])
     all_scores, report = {}, []
     if args.recycled:
         try:
@@ -795,7 +783,7 @@ def main(args):
         except ValueError as err:
             fail([str(err)])
         print(report[-1], flush=True)
-    for setting in settings:
+    for setting in chosen:
         video = os.path.join(args.out, f"side_by_side_{setting}.mp4")
         all_scores[setting] = evaluate(models, setting, args.seeds, args.chunks, args.event_every,
                                        sampling, video, args.noise_seed, args.video_seed,
@@ -806,9 +794,8 @@ def main(args):
                     for metric, values in by_metric.items()})
         print(report[-1], flush=True)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(f"{args.seeds} seeds x {args.chunks} clips, {args.steps} steps, eta {args.eta}, "
-                f"guidance {args.guidance}, shift {sampling['shift']}, noise seed "
-                f"{args.noise_seed}; checkpoints: {', '.join(args.ckpt)}\n\n"
+        f.write(f"{args.seeds} seeds x {args.chunks} clips, {sampler_line(args, models)}, "
+                f"noise seed {args.noise_seed}; checkpoints: {', '.join(args.ckpt)}\n\n"
                 + "\n".join(report))
     if all_scores:
         plot(all_scores, os.path.join(args.out, "curves.png"))

@@ -26,6 +26,7 @@ Try it: python model.py   (prints the parameter count of every preset)
 """
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -251,9 +252,10 @@ class DiTBlock(nn.Module):
 
 class VideoDiT(nn.Module):
 
-    def __init__(self, cfg: DiTConfig):
+    def __init__(self, cfg: DiTConfig, sampling: "Sampling | None" = None, grad_ckpt=False):
         super().__init__()
         self.cfg = cfg
+        self.sampling = sampling or Sampling()  # how to roll it out (from its checkpoint)
         C, pt, ps, D = cfg.channels, cfg.patch_t, cfg.patch_s, cfg.width
         assert cfg.frames % pt == 0 and cfg.resolution % ps == 0, \
             f"frames {cfg.frames} / resolution {cfg.resolution} must divide by patch {pt} / {ps}"
@@ -269,7 +271,7 @@ class VideoDiT(nn.Module):
         self.register_buffer("pos", position_embedding(*grid, D), persistent=False)
         angles = rope_angles(*grid, D // cfg.heads) if cfg.rope else None
         self.register_buffer("angles", angles, persistent=False)
-        self.grad_ckpt = False  # recompute blocks in backward (train.py --grad-ckpt)
+        self.grad_ckpt = grad_ckpt  # recompute blocks in backward (train.py --grad-ckpt)
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -290,10 +292,11 @@ class VideoDiT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x_t, t, cond, text_ids, text_mask, control=None):
+    def forward(self, x_t, t, cond, text_ids, text_mask, control=None, text=None):
         """x_t [B, C, T, H, W] noisy clip, t [B] flow time, cond [B, C + 1, T, H, W] (condition()),
         text_ids/text_mask [B, L + 1] from tokenize(), control [B, T, control_dim] (NaN or None:
-        no control).
+        no control); text [B, D]: the prompt already encoded (self.text_encoder), in place of
+        ids and mask, as the sampler does once per clip.
         Returns the predicted velocity [B, C, T, H, W]."""
         cfg = self.cfg
         B, C, T, H, W = x_t.shape
@@ -307,7 +310,9 @@ class VideoDiT(nn.Module):
         control = self.control_embedder(control.reshape(B, T // pt, -1))  # [B, t, D]
         x = x.view(B, T // pt, -1, x.shape[-1]) + control[:, :, None]  # [B, t, h * w, D]
         x = x.view(B, -1, x.shape[-1])                                  # [B, N, D]
-        c = self.t_embedder(t) + self.text_encoder(text_ids, text_mask)  # [B, D]
+        if text is None:
+            text = self.text_encoder(text_ids, text_mask)              # [B, D]
+        c = self.t_embedder(t) + text                                   # [B, D]
         for block in self.blocks:
             if self.grad_ckpt and torch.is_grad_enabled():
                 x = checkpoint(block, x, c, self.angles, use_reentrant=False)
@@ -367,6 +372,22 @@ def merged_state_dict(state: dict) -> dict:
     return plain
 
 
+# -----------------------------------------------------------------------------
+# Flags every script shares: the device, and one way to refuse bad input
+
+def fail(problems: list[str]):
+    """Any problem: one line each on stderr, exit status 2, before any heavy work starts."""
+    if problems:
+        print("error: " + "\nerror: ".join(problems), file=sys.stderr)
+        sys.exit(2)
+
+
+def not_positive(flags, names) -> list[str]:
+    """A message for each of these flags (attributes of flags) that is not above zero."""
+    return [f"--{n.replace('_', '-')} must be positive, got {getattr(flags, n)}"
+            for n in names if getattr(flags, n) <= 0]
+
+
 def pick_device(name: str) -> str:
     """--device auto is CUDA when there is one, else the CPU; any other name is kept."""
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
@@ -386,6 +407,29 @@ def device_problems(name: str) -> list[str]:
     return []
 
 
+# -----------------------------------------------------------------------------
+# Checkpoints: written by train.py, read by every script, all through here
+
+@dataclass
+class Sampling:
+    """What a rollout needs besides the weights. Every checkpoint records it (train.save), and it
+    gives sample.py, eval.py and bench.py their defaults: a flag given overrides it."""
+    motion_frames: int = 2    # m, frames carried from one clip to the next, as trained
+    shift: float = 1.0        # schedule shift, as trained (flow.shift_t)
+    steps: int = 20           # sampler steps per clip (flow.euler_sample)
+    eta: float = 1.0          # share of the noise drawn anew at each step
+    guidance: float = 1.0     # classifier-free guidance scale (1: none)
+    world: str = ""           # the synthetic world it was trained on (data.WORLDS)
+
+
+def save_checkpoint(path: str, state: dict):
+    """Write to a temporary file, then rename: a crash at any moment leaves the old one intact.
+    state holds model_cfg and sampling (dicts of DiTConfig and Sampling) and the weights."""
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def load_checkpoint(path: str) -> dict:
     """A checkpoint as plain tensors and dicts. It is never unpickled as code (weights_only=True):
     a file that would need that, or is no checkpoint at all, is refused with a ValueError."""
@@ -400,19 +444,20 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(ckpt, dict) or "model_cfg" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint written by svi's train.py")
     ckpt["model_cfg"].setdefault("rope", False)  # written before rotary positions existed
-    if "train_cfg" in ckpt:  # and before the world had presets
-        ckpt["train_cfg"].setdefault("world", "hard")
+    if "sampling" not in ckpt:  # written before checkpoints recorded it, or the world had presets
+        old = ckpt.get("train_cfg", {})
+        ckpt["sampling"] = dict(motion_frames=old.get("motion_frames", 2),
+                                shift=old.get("shift", 1.0), world=old.get("world", "hard"))
     return ckpt
 
 
-def from_checkpoint(path: str, ema: bool = True, device="cpu") -> tuple[VideoDiT, dict]:
-    """A model rebuilt from a checkpoint written by train.py (its EMA weights unless ema=False),
-    in eval mode, and the checkpoint itself."""
+def from_checkpoint(path: str, ema: bool = True, device="cpu") -> VideoDiT:
+    """A model rebuilt from a checkpoint (its EMA weights unless ema=False), in eval mode, with
+    the checkpoint's sampling defaults as model.sampling."""
     ckpt = load_checkpoint(path)
-    model = VideoDiT(DiTConfig(**ckpt["model_cfg"]))
+    model = VideoDiT(DiTConfig(**ckpt["model_cfg"]), Sampling(**ckpt["sampling"]))
     model.load_state_dict(merged_state_dict(ckpt["ema" if ema else "model"]))
-    return model.to(device).eval(), ckpt
-
+    return model.to(device).eval()
 
 if __name__ == "__main__":
     for name, sizes in PRESETS.items():

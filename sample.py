@@ -17,9 +17,9 @@ not grow with N, and Ctrl-C leaves a playable video of the clips done so far.
 """
 import argparse
 import contextlib
+import dataclasses
 import os
 import signal
-import sys
 
 import numpy as np
 import torch
@@ -27,37 +27,47 @@ from tqdm import tqdm
 
 from data import WORLDS, ShapesWorld, VideoWriter, read_video, to_uint8, to_unit, writable_folder
 from flow import euler_sample
-from model import condition, device_problems, from_checkpoint, pick_device, tokenize
+from model import (Sampling, condition, device_problems, fail, from_checkpoint, not_positive,
+                   pick_device, tokenize)
 
 
 DEFAULT_CKPT = "checkpoints/base.pt"
 
 
-def generate_clip(model, cond, prompts, control, noise, steps=20, shift=1.0, guidance=1.0,
-                  eta=1.0, generator=None):
+def settings(model, **given) -> Sampling:
+    """The sampler's settings (steps, shift, guidance, eta): each given and not None, else the
+    checkpoint's (model.sampling)."""
+    return dataclasses.replace(model.sampling, **{k: v for k, v in given.items() if v is not None})
+
+
+def generate_clip(model, cond, prompts, control, noise, generator=None, **given):
     """One clip [B, C, T, H, W] from noise, conditioned on cond (from model.condition), a prompt
-    per sample and a control stream [B, T, 2] (NaN: none). guidance > 1 adds classifier-free
-    guidance, whose unconditional branch drops the prompt only; eta is the share of noise drawn
-    anew (from generator) at each step (flow.euler_sample)."""
-    ids, mask = (x.to(noise.device) for x in tokenize(prompts, model.cfg.text_len))
-    empty_ids, empty_mask = (x.to(noise.device) for x in tokenize([""] * len(prompts),
-                                                                   model.cfg.text_len))
+    per sample and a control stream [B, T, 2] (NaN: none); sampler settings as settings().
+    guidance > 1 adds classifier-free guidance, whose unconditional branch drops the prompt only;
+    eta is the share of noise drawn anew (from generator) at each step (flow.euler_sample). The
+    prompts are encoded once, not at every step."""
+    s = settings(model, **given)
+    encode = lambda texts: model.text_encoder(*(x.to(noise.device) for x in
+                                                tokenize(texts, model.cfg.text_len)))  # [B, D]
+    text, empty = encode(prompts), encode([""] * len(prompts)) if s.guidance != 1 else None
 
     def velocity(x, t, conditional):
-        if conditional:
-            return model(x, t, cond, ids, mask, control)
-        return model(x, t, cond, empty_ids, empty_mask, control)
+        return model(x, t, cond, None, None, control, text=text if conditional else empty)
 
-    return euler_sample(velocity, noise, steps, shift, guidance, eta, generator)
+    return euler_sample(velocity, noise, s.steps, s.shift, s.guidance, s.eta, generator)
 
 
 @torch.no_grad()
-def rollout(model, first, anchor, prompts, controls, chunks, generator, **sampling):
-    """Generate `chunks` clips in a row; yields each clip's new frames [B, C, T', H, W].
+def rollout(model, first, anchor, prompts, controls, chunks, generator, **given):
+    """Generate `chunks` clips in a row (SVI's inference loop); yields each clip's new frames
+    [B, C, T', H, W]. Clip k is conditioned on the last m frames of clip k - 1,
+        cond_k = [x_{k-1}[-m:], anchor, ..., anchor] (shot mode) or [x_{k-1}[-m:], 0, ..., 0]
+    (film mode): the paper's X_img, into which its Eq. 3 puts errors like these in training.
 
     first: [B, C, m, H, W] the motion frames of the first clip; anchor: [B, C, H, W] (shot mode)
     or None (film mode); prompts(k) and controls(k) give clip k's prompts (B strings) and
-    control stream ([B, T, 2], NaN for none). Clip 0 yields all T frames, later clips T - m."""
+    control stream ([B, T, 2], NaN for none); sampler settings as settings(). Clip 0 yields all
+    T frames, later clips T - m."""
     cfg = model.cfg
     motion, m = first, first.shape[2]
     B, C, _, H, W = first.shape
@@ -66,8 +76,7 @@ def rollout(model, first, anchor, prompts, controls, chunks, generator, **sampli
         noise = torch.randn(B, C, cfg.frames, H, W, generator=generator).to(first.device)
         control = controls(k)
         control = None if control is None else control.to(first.device)
-        clip = generate_clip(model, cond, prompts(k), control, noise, generator=generator,
-                             **sampling)
+        clip = generate_clip(model, cond, prompts(k), control, noise, generator, **given)
         motion = clip[:, :, -m:]  # the next clip continues from the last m frames
         yield clip if k == 0 else clip[:, :, m:]
 
@@ -90,25 +99,36 @@ def parse_args(argv=None):
     p.add_argument("--world", choices=list(WORLDS), default=None,
                    help="the kind of world (default: the one the checkpoint was trained on)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps per clip")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale")
-    p.add_argument("--eta", type=float, default=1.0,
-                   help="share of the noise drawn anew at each step: 0 is the flow's ODE (Euler)")
-    p.add_argument("--shift", type=float, default=None, help="schedule shift (default: training's)")
+    add_sampler_flags(p)
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--scale", type=int, default=4, help="enlarge frames this many times")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda")
     return p.parse_args(argv)
 
 
+def add_sampler_flags(p):
+    """--steps, --guidance, --eta, --shift: each, when not given, the checkpoint's (its
+    model.sampling, whose defaults are 20 steps, no guidance, eta 1, training's shift)."""
+    p.add_argument("--steps", type=int, default=None, help="sampling steps per clip")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    p.add_argument("--eta", type=float, default=None,
+                   help="share of the noise drawn anew at each step: 0 is the flow's ODE (Euler)")
+    p.add_argument("--shift", type=float, default=None, help="schedule shift")
+
+
+def sampler_problems(args) -> list[str]:
+    """What is wrong with the sampler flags given (a list of messages)."""
+    given = argparse.Namespace(**{k: getattr(args, k) for k in ("steps", "shift")
+                                  if getattr(args, k) is not None})
+    problems = not_positive(given, vars(given))
+    if args.eta is not None and not 0 <= args.eta <= 1:
+        problems.append(f"--eta must be in [0, 1], got {args.eta}")
+    return problems
+
+
 def check_args(args):
     """Reject bad input with one clear line before any heavy work."""
-    problems = []
-    for name in ("chunks", "steps", "fps", "scale"):
-        if getattr(args, name) <= 0:
-            problems.append(f"--{name} must be positive, got {getattr(args, name)}")
-    if not 0 <= args.eta <= 1:
-        problems.append(f"--eta must be in [0, 1], got {args.eta}")
+    problems = not_positive(args, ("chunks", "fps", "scale")) + sampler_problems(args)
     if not os.path.splitext(args.out)[1].lower() in (".mp4", ".gif"):
         problems.append(f"--out {args.out}: must end in .mp4 or .gif")
     for name in ("ckpt", "prompts", "image"):
@@ -121,10 +141,7 @@ def check_args(args):
         problems.append(f"--prompts {args.prompts}: the file has no prompt")
     if not writable_folder(os.path.dirname(os.path.abspath(args.out))):
         problems.append(f"--out {args.out}: not in a writable folder")
-    problems += device_problems(args.device)
-    if problems:
-        print("error: " + "\nerror: ".join(problems), file=sys.stderr)
-        sys.exit(2)
+    fail(problems + device_problems(args.device))
 
 
 @contextlib.contextmanager
@@ -184,21 +201,18 @@ def main(args):
     check_args(args)
     device = pick_device(args.device)
     try:
-        model, ckpt = from_checkpoint(args.ckpt, device=device)
+        model = from_checkpoint(args.ckpt, device=device)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    cfg, train_cfg = model.cfg, ckpt["train_cfg"]
-    m, res = train_cfg["motion_frames"], cfg.resolution
-    shift = train_cfg["shift"] if args.shift is None else args.shift
-    world = ShapesWorld(args.world_seed, res, args.world or train_cfg["world"],
+        fail([str(err)])
+    cfg, m = model.cfg, model.sampling.motion_frames
+    world = ShapesWorld(args.world_seed, cfg.resolution, args.world or model.sampling.world,
                         control=args.control == "world")
     first, anchor, prompts, controls = start(args, world, cfg.frames, m, device)
     generator = torch.Generator().manual_seed(args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     writer = VideoWriter(args.out, args.fps, args.scale)
     clips = rollout(model, first, anchor, prompts, controls, args.chunks, generator,
-                    steps=args.steps, shift=shift, guidance=args.guidance, eta=args.eta)
+                    steps=args.steps, shift=args.shift, guidance=args.guidance, eta=args.eta)
     with stop_after_the_clip() as stop:
         try:
             for clip in tqdm(clips, total=args.chunks, desc="clips", unit="clip"):

@@ -40,8 +40,9 @@ from data import (DEFAULT_WORLD, WORLDS, ShapesSource, ShapesWorld, VideoFolder,
                   to_uint8, writable_folder)
 from errors import ErrorBank, gather_from_ranks, inject, one_step_errors
 from flow import flow_loss, interpolate, sample_t, schedule, velocity_target
-from model import (PRESETS, DiTConfig, VideoDiT, add_lora, condition, device_problems,
-                   load_checkpoint, merged_state_dict, pick_device, tokenize)
+from model import (PRESETS, DiTConfig, Sampling, VideoDiT, add_lora, condition, device_problems,
+                   fail, load_checkpoint, merged_state_dict, not_positive, pick_device,
+                   save_checkpoint, tokenize)
 from sample import rollout, world_start
 
 
@@ -100,9 +101,9 @@ class TrainConfig:
     bank_dtype: str = "float16"
     warmup_gather: int = 50       # under torchrun, bank all ranks' errors for this many steps
     # sampling during training
-    sample_steps: int = 20        # sampling steps per clip
-    sample_eta: float = 1.0       # share of the noise drawn anew per step (flow.euler_sample)
-    guidance: float = 1.0         # classifier-free guidance scale of the periodic samples
+    sample_steps: int = Sampling.steps  # sampling steps per clip (in samples and checkpoints)
+    sample_eta: float = Sampling.eta    # share of the noise drawn anew per step (euler_sample)
+    guidance: float = 1.0         # classifier-free guidance scale of samples (and the checkpoint's)
     # input / output
     out: str = "out"              # run folder: ckpt.pt, log.jsonl, samples/
     init_from: str = ""           # start from the weights of this checkpoint (fine-tuning)
@@ -134,11 +135,9 @@ def parse_args(argv=None) -> TrainConfig:
 
 def check(cfg: TrainConfig):
     """Reject bad settings with one clear line (exit status 2) before any heavy work."""
-    problems = []
-    for name in ("frames", "resolution", "motion_frames", "steps", "batch_size", "buckets",
-                 "capacity", "sample_steps", "log_every", "sample_every", "ckpt_every"):
-        if getattr(cfg, name) <= 0:
-            problems.append(f"--{name.replace('_', '-')} must be positive")
+    problems = not_positive(cfg, ("frames", "resolution", "motion_frames", "steps", "batch_size",
+                                  "buckets", "capacity", "sample_steps", "log_every",
+                                  "sample_every", "ckpt_every"))
     if cfg.motion_frames >= cfg.frames:
         problems.append(f"--motion-frames {cfg.motion_frames} must be fewer than --frames")
     if cfg.preset not in PRESETS:
@@ -178,17 +177,16 @@ def check(cfg: TrainConfig):
     fail(problems)
 
 
+def config_of(ckpt: dict) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with (flags that no longer exist are dropped)."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in ckpt["train_cfg"].items() if k in known})
+
+
 def model_sizes(cfg: TrainConfig) -> dict:
     """The preset's sizes, each DiTConfig field overridden by its flag when that is given (> 0)."""
     names = ("width", "depth", "heads", "mlp_ratio", "text_len", "text_width", "text_depth")
     return dict(PRESETS[cfg.preset], **{k: getattr(cfg, k) for k in names if getattr(cfg, k) > 0})
-
-
-def fail(problems: list[str]):
-    """Any problem: one line each on stderr, exit status 2."""
-    if problems:
-        print("error: " + "\nerror: ".join(problems), file=sys.stderr)
-        sys.exit(2)
 
 
 def get_lr(step: int, cfg: TrainConfig) -> float:
@@ -205,13 +203,6 @@ def update_ema(ema, model, decay):
         e.lerp_(p, 1 - decay)
 
 
-def save_checkpoint(path: str, state: dict):
-    """Write to a temporary file, then rename: a crash at any moment leaves the old one intact."""
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
 @torch.no_grad()
 def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
     """Rollouts from ground-truth frames of fixed worlds (shot mode): a gif with the real video
@@ -223,8 +214,7 @@ def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
     first, anchor = world_start(ws, m, device)  # [worlds, C, m, H, W], [worlds, C, H, W]
     gen = torch.Generator().manual_seed(0)
     clips = list(rollout(model, first, anchor, lambda k: [w.prompt() for w in ws],
-                         lambda k: None, chunks, gen, steps=cfg.sample_steps, shift=cfg.shift,
-                         guidance=cfg.guidance, eta=cfg.sample_eta))
+                         lambda k: None, chunks, gen))  # the sampler of model.sampling
     fake = [to_uint8(v) for v in torch.cat(clips, dim=2)]               # W x [frames, H, W, 3]
     real = [np.concatenate([to_uint8(f.cpu()), w.frames(len(v) - m)]) for f, w, v in
             zip(first, ws, fake)]
@@ -336,13 +326,15 @@ def build(cfg: TrainConfig, device: str) -> Run:
         fail([str(err)])
     model_cfg = model_config(cfg, ckpt, start)
     if not cfg.world:  # the world the checkpoint was trained on, else the default
-        cfg.world = ckpt["train_cfg"]["world"] if ckpt else DEFAULT_WORLD
-    model = VideoDiT(model_cfg)
+        cfg.world = ckpt["sampling"]["world"] if ckpt else DEFAULT_WORLD
+    sampling = Sampling(cfg.motion_frames, cfg.shift, cfg.sample_steps, cfg.sample_eta,
+                        cfg.guidance, cfg.world)  # how sample.py and eval.py will roll it out
+    model = VideoDiT(model_cfg, sampling, cfg.grad_ckpt)
     if cfg.init_from and not cfg.resume:  # blocks the base lacks are appended, each the
         # identity (adaLN-Zero), so a grown model starts as the base
         missing, unexpected = model.load_state_dict(merged_state_dict(ckpt["ema"]), strict=False)
         assert not unexpected and all(k.startswith("blocks.") for k in missing), missing
-    ema = VideoDiT(model_cfg)
+    ema = VideoDiT(model_cfg, sampling)
     for net in (model, ema) if cfg.lora_rank > 0 else ():
         add_lora(net, cfg.lora_rank)
     ema.load_state_dict(model.state_dict())
@@ -363,7 +355,6 @@ def build(cfg: TrainConfig, device: str) -> Run:
             run.bank_vid.load_state_dict(ckpt["bank_vid"])
             run.bank_noise.load_state_dict(ckpt["bank_noise"])
         run.step = ckpt["step"]
-    model.grad_ckpt = cfg.grad_ckpt
     return run
 
 
@@ -465,7 +456,8 @@ def log_line(run: Run, cfg: TrainConfig, losses: list, seconds: float, log):
 def save(run: Run, cfg: TrainConfig, path: str, export: bool = False):
     """The checkpoint (weights, EMA, optimiser, step, configs, banks); with export, the EMA alone,
     LoRA folded in, in half precision: small, for sharing."""
-    configs = dict(model_cfg=dataclasses.asdict(run.model.cfg), train_cfg=dataclasses.asdict(cfg))
+    configs = dict(model_cfg=dataclasses.asdict(run.model.cfg), train_cfg=dataclasses.asdict(cfg),
+                   sampling=dataclasses.asdict(run.ema.sampling))
     if export:
         half = {k: v.half() if v.is_floating_point() else v
                 for k, v in merged_state_dict(run.ema.state_dict()).items()}

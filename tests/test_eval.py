@@ -12,7 +12,7 @@ import train
 from conftest import tiny_config
 from data import BACKGROUNDS, COLOURS, KINDS, ShapesWorld, World
 from errors import ErrorBank
-from model import DiTConfig, from_checkpoint
+from model import DiTConfig, Sampling, from_checkpoint
 
 RED, BLUE = np.array(COLOURS["red"], np.uint8), np.array(COLOURS["blue"], np.uint8)
 BLACK = np.array(BACKGROUNDS["black"], np.uint8)
@@ -182,8 +182,7 @@ def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
 
 
 def test_noise_seed_changes_the_samples_not_the_worlds(base_ckpt):
-    model = from_checkpoint(base_ckpt)[0]
-    model.motion_frames = 2
+    model = from_checkpoint(base_ckpt)
     sampling = dict(steps=2, shift=1.0, guidance=1.0, eta=1.0)
     runs = [drift.evaluate({"m": model}, "consistent", 2, 1, 5, sampling, noise_seed=seed)
             for seed in (0, 0, 1)]
@@ -194,8 +193,7 @@ def test_noise_seed_changes_the_samples_not_the_worlds(base_ckpt):
 
 
 def test_the_video_shows_the_world_asked_for(tmp_path, base_ckpt):
-    model = from_checkpoint(base_ckpt)[0]
-    model.motion_frames = 2
+    model = from_checkpoint(base_ckpt)
     sampling = dict(steps=2, shift=1.0, guidance=1.0, eta=1.0)
     path = str(tmp_path / "side.gif")
     drift.evaluate({"m": model}, "consistent", 3, 1, 5, sampling, path, video_seed=2)
@@ -221,7 +219,7 @@ def test_paired_difference_rows():
 def test_recycled_losses_use_the_run_banks(tmp_path, base_ckpt, capsys):
     run = tmp_path / "erft"
     train.main(tiny_config(run, steps=3, erft=True, init_from=base_ckpt, p_clean=0.0))
-    model = from_checkpoint(base_ckpt)[0]
+    model = from_checkpoint(base_ckpt)
     losses = drift.recycled_losses({"a": model, "b": model}, str(run / "ckpt.pt"), batches=2)
     assert losses["a"].shape == (2, 2) and np.isfinite(losses["a"]).all()
     np.testing.assert_array_equal(losses["a"], losses["b"])  # the same batches and errors
@@ -255,11 +253,12 @@ class CopyModel(torch.nn.Module):
     def __init__(self, source, offset, frames=4, resolution=16, m=2):
         super().__init__()
         self.cfg = DiTConfig(frames=frames, resolution=resolution, text_len=8)
-        self.source, self.offset, self.motion_frames = source, offset, m
+        self.source, self.offset, self.sampling = source, offset, Sampling(motion_frames=m)
         self.anything = torch.nn.Parameter(torch.zeros(1))  # where the model lives
+        self.text_encoder = lambda ids, mask: None  # prompts play no part
 
-    def forward(self, x_t, t, cond, ids, mask, control=None):
-        slot = self.motion_frames - 1 if self.source == "motion" else -1
+    def forward(self, x_t, t, cond, ids, mask, control=None, text=None):
+        slot = self.sampling.motion_frames - 1 if self.source == "motion" else -1
         target = cond[:, 1:, slot, None].expand_as(x_t) + self.offset  # [B, C, T, H, W]
         return (x_t - target) / t.view(-1, 1, 1, 1, 1)
 
