@@ -9,9 +9,10 @@ It prints:
 1. training clips/s and achieved FLOP/s at presets T and S (FLOPs of a real training step counted
    by torch.utils.flop_counter), against the fp32 matmul FLOP/s of this machine in the same run:
    the CPU analogue of MFU;
-2. ERFT step / plain fine-tuning step: both fine-tune the same base, alternated, timed over the
-   last half of their steps, when the banks are full and every new error goes through the L2
-   replacement (the costliest case);
+2. ERFT step / plain fine-tuning step, and an ERFT step with rollout errors (their sampling
+   amortised) / plain: all fine-tune the same base, alternated, timed over the last half of
+   their steps, when the banks are full and every new error goes through the L2 replacement
+   (the costliest case);
 3. sample.py seconds per clip at clip 200 / at clip 5;
 4. peak resident memory of a 200-clip rollout / a 10-clip rollout (sample.py, own processes);
 5. the error banks' memory in bytes against the bound their configuration sets.
@@ -165,13 +166,17 @@ def costs(q, device, say, tmp):
 
     # 2. the cost of error recycling
     steps = 8 if q else 80
-    plain, erft = [], []
+    plain, erft, rollout = [], [], []
     for r in range(1 if q else 2):
         common = dict(init_from=init, steps=steps, log_every=steps // 2, device=device)
         plain.append(seconds_per_step(os.path.join(tmp, f"plain{r}"), **common))
         erft.append(seconds_per_step(os.path.join(tmp, f"erft{r}"), erft=True, **common))
-    say(f"fine-tuning step: plain {np.median(plain):.3f} s, ERFT {np.median(erft):.3f} s, "
-        f"ERFT / plain = {np.median(erft) / np.median(plain):.3f}")
+        rollout.append(seconds_per_step(os.path.join(tmp, f"rollout{r}"), erft=True,
+                                        error_source="rollout", **common))
+    plain, erft, rollout = np.median(plain), np.median(erft), np.median(rollout)
+    say(f"fine-tuning step: plain {plain:.3f} s, ERFT {erft:.3f} s, ERFT / plain = "
+        f"{erft / plain:.3f}; with rollout errors (--error-source rollout, a clip sampled every "
+        f"{train.TrainConfig.rollout_every} steps) {rollout:.3f} s, / plain = {rollout / plain:.3f}")
 
     # 3. and 4. long rollouts: time per clip and memory stay flat
     long, short = (12, 3) if q else (200, 10)

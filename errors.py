@@ -14,6 +14,10 @@ trains it on its own errors instead, in a closed loop that costs almost nothing 
    (motion) frames, each behind a Bernoulli gate, and still regress the velocity that points at
    the clean clip (paper Eq. 3 and 6; inject).
 
+The conditioning error may also come from the errors rollouts really make: train.py
+--error-source rollout banks the difference between clips the model samples and the real ones
+(one bucket, the same replacement rule), and conditioning_error draws from it.
+
 The conditioning-frame error is what matters most (paper Tab. 4): it shows the model motion
 frames as flawed as its own outputs, next to a clean target.
 Names follow the paper, not the official code, whose `y_error_buffer` holds e_vid and whose
@@ -100,14 +104,16 @@ class ErrorBank:
                                                           generator=generator))].float()
         return out
 
-    def sample_pooled(self, n: int, generator):
-        """n errors drawn uniformly from everything stored, whatever its bucket: [n, ...]."""
-        if len(self) == 0:
+    def sample_pooled(self, n: int, generator, t_max: float = 1.0):
+        """n errors drawn uniformly from everything stored in the buckets at flow time t_max or
+        below, whatever their bucket: [n, ...]; None when those buckets are empty."""
+        count = torch.where(self.times <= t_max, self.count, 0)       # [buckets]
+        if int(count.sum()) == 0:
             return None
-        index = torch.randint(len(self), (n,), generator=generator)   # into all stored errors
-        end = self.count.cumsum(0)                                     # [buckets]
+        index = torch.randint(int(count.sum()), (n,), generator=generator)  # into those errors
+        end = count.cumsum(0)                                          # [buckets]
         bucket = torch.searchsorted(end, index, right=True)            # which bucket holds each
-        slot = index - (end[bucket] - self.count[bucket])              # and where in it
+        slot = index - (end[bucket] - count[bucket])                   # and where in it
         return self.errors[bucket, slot].float()
 
     def stats(self) -> dict:
@@ -131,35 +137,50 @@ class ErrorBank:
 
 
 def inject(x0, noise, cond, t, bank_vid, bank_noise, generator, *, p_img=0.9, p_vid=0.9,
-           p_noise=0.01, p_clean=0.2, motion_frames=2):
+           p_noise=0.01, p_clean=0.2, motion_frames=2, img_banks=None, img_t_max=1.0):
     """Error injection (paper Eq. 3, as the official code does it). Per sample, Bernoulli gates:
         x0~    = x0    + [vid]   e_vid     e_vid from the bucket of t in bank_vid
         noise~ = noise + [noise] e_noise   e_noise from the bucket of t in bank_noise
-        cond   motion slots += [img] a random temporal window of a pooled e_vid
+        cond   motion slots += [img] e_img  (conditioning_error: from img_banks, default bank_vid)
     and a clean gate (p_clean) that switches all three off. Returns
         x_t = (1 - t) x0~ + t noise~,   v* = noise~ - x0 (it points at the CLEAN clip: Eq. 6),
         cond, and the clean gates [B] (bool).
     With empty banks, or every clean gate on, this is exactly plain flow matching.
     The paper adds the image error to the whole conditioning latent; the code adds it to the
     first frames only (the motion slots), as here."""
-    B, C, T = x0.shape[:3]
+    B = x0.shape[0]
     gates = torch.rand(B, 4, generator=generator)
     clean = gates[:, 3] < p_clean
     use_img, use_vid, use_noise = [(gates[:, i] < p) & ~clean for i, p in
                                    enumerate((p_img, p_vid, p_noise))]
     x0_tilde, noise_tilde, cond = x0, noise, cond.clone()
     e_vid, e_noise = bank_vid.sample(t, generator), bank_noise.sample(t, generator)
-    e_img = bank_vid.sample_pooled(B, generator)
+    e_img = conditioning_error(img_banks or [bank_vid], B, motion_frames, generator, img_t_max)
     gate = lambda g: g.to(x0.dtype).view(B, 1, 1, 1, 1).to(x0.device)
     if e_vid is not None:
         x0_tilde = x0 + gate(use_vid) * e_vid.to(x0.device, x0.dtype)
     if e_noise is not None:
         noise_tilde = noise + gate(use_noise) * e_noise.to(x0.device, x0.dtype)
-    if e_img is not None:  # a window of motion_frames frames, from a random start in the clip
-        starts = torch.randint(T - motion_frames + 1, (B,), generator=generator).tolist()
-        window = torch.stack([e[:, s:s + motion_frames] for e, s in zip(e_img, starts)])
-        cond[:, 1:, :motion_frames] += gate(use_img) * window.to(x0.device, x0.dtype)  # skip mask
+    if e_img is not None:
+        cond[:, 1:, :motion_frames] += gate(use_img) * e_img.to(x0.device, x0.dtype)  # not mask
     return interpolate(x0_tilde, noise_tilde, t), noise_tilde - x0, cond, clean
+
+
+def conditioning_error(banks, n: int, m: int, generator, t_max: float = 1.0):
+    """n errors for the m motion frames, [n, C, m, H, W], or None while the banks are empty.
+    Each bank gives a window of m frames from a random start in each error it draws, pooled over
+    its buckets at flow time t_max or below (ErrorBank.sample_pooled); with several banks, each
+    sample takes one of them at random (train.py --error-source both)."""
+    windows = []
+    for bank in banks:
+        errors = bank.sample_pooled(n, generator, t_max)                 # [n, C, T', H, W]
+        if errors is not None:
+            starts = torch.randint(errors.shape[2] - m + 1, (n,), generator=generator).tolist()
+            windows.append(torch.stack([e[:, s:s + m] for e, s in zip(errors, starts)]))
+    if len(windows) < 2:
+        return windows[0] if windows else None
+    pick = torch.randint(len(windows), (n,), generator=generator)
+    return torch.stack(windows)[pick, torch.arange(n)]                  # [n, C, m, H, W]
 
 
 def gather_from_ranks(*tensors):

@@ -39,7 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from data import (DEFAULT_WORLD, WORLDS, ShapesSource, ShapesWorld, VideoFolder, VideoWriter,
                   to_uint8, writable_folder)
 from errors import ErrorBank, gather_from_ranks, inject, one_step_errors
-from flow import flow_loss, interpolate, sample_t, schedule, velocity_target
+from flow import euler_sample, flow_loss, interpolate, sample_t, schedule, velocity_target
 from model import (PRESETS, DiTConfig, Sampling, VideoDiT, add_lora, condition, device_problems,
                    fail, load_checkpoint, merged_state_dict, not_positive, pick_device,
                    save_checkpoint, tokenize)
@@ -100,10 +100,15 @@ class TrainConfig:
     bank_device: str = "cpu"
     bank_dtype: str = "float16"
     warmup_gather: int = 50       # under torchrun, bank all ranks' errors for this many steps
+    img_t_max: float = 1.0        # draw the conditioning error from buckets at flow time <= this
+    error_source: str = "onestep" # conditioning errors: one-step errors (the paper's), rollout
+                                  # (the EMA model's sampled clips minus the real ones), or both
+    rollout_every: int = 4        # rollout, both: sample clips for the rollout bank this often
+    rollout_steps: int = 10       # with this many sampler steps
     # sampling during training
     sample_steps: int = Sampling.steps  # sampling steps per clip (in samples and checkpoints)
     sample_eta: float = Sampling.eta    # share of the noise drawn anew per step (euler_sample)
-    guidance: float = 1.0         # classifier-free guidance scale of samples (and the checkpoint's)
+    guidance: float = 1.0         # classifier-free guidance of samples (and the checkpoint's)
     # input / output
     out: str = "out"              # run folder: ckpt.pt, log.jsonl, samples/
     init_from: str = ""           # start from the weights of this checkpoint (fine-tuning)
@@ -137,7 +142,8 @@ def check(cfg: TrainConfig):
     """Reject bad settings with one clear line (exit status 2) before any heavy work."""
     problems = not_positive(cfg, ("frames", "resolution", "motion_frames", "steps", "batch_size",
                                   "buckets", "capacity", "sample_steps", "log_every",
-                                  "sample_every", "ckpt_every"))
+                                  "sample_every", "ckpt_every", "rollout_every",
+                                  "rollout_steps"))
     if cfg.motion_frames >= cfg.frames:
         problems.append(f"--motion-frames {cfg.motion_frames} must be fewer than --frames")
     if cfg.preset not in PRESETS:
@@ -152,6 +158,8 @@ def check(cfg: TrainConfig):
             problems.append(f"width {sizes['width']} must divide by heads {sizes['heads']}")
     if cfg.anchor_gap < 0:
         problems.append("--anchor-gap must be 0 or more")
+    if cfg.error_source not in ("onestep", "rollout", "both"):
+        problems.append(f"--error-source {cfg.error_source}: choose onestep, rollout or both")
     if cfg.replace not in ("l2", "random", "fifo"):
         problems.append(f"--replace {cfg.replace}: choose l2, random or fifo")
     if cfg.init_from and not os.path.isfile(cfg.init_from):
@@ -171,7 +179,7 @@ def check(cfg: TrainConfig):
     if cfg.world and cfg.world not in WORLDS:
         problems.append(f"--world {cfg.world}: choose one of {', '.join(WORLDS)}")
     for name in ("p_film", "p_uncond", "p_img", "p_vid", "p_noise",
-                 "p_clean", "p_bank_clean", "sample_eta"):
+                 "p_clean", "p_bank_clean", "sample_eta", "img_t_max"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"--{name.replace('_', '-')} must be within [0, 1]")
     fail(problems)
@@ -295,8 +303,9 @@ class Run:
     model: VideoDiT
     ema: VideoDiT
     optimizer: torch.optim.Optimizer
-    bank_vid: ErrorBank
-    bank_noise: ErrorBank
+    bank_vid: ErrorBank           # one-step errors at the data end, bucketed by flow time
+    bank_noise: ErrorBank         # and at the noise end
+    bank_roll: ErrorBank          # rollout errors of the motion frames, one bucket
     step: int = 0
 
 
@@ -344,16 +353,17 @@ def build(cfg: TrainConfig, device: str) -> Run:
                                   betas=(0.9, 0.99), fused="cuda" in device)
     times = schedule(cfg.sample_steps, cfg.shift)[:-1]  # the buckets: the sampler's timesteps
     times = times[torch.linspace(0, len(times) - 1, cfg.buckets).round().long()]
-    banks = [ErrorBank(times, cfg.capacity, cfg.replace, cfg.bank_device,
-                       getattr(torch, cfg.bank_dtype)) for _ in range(2)]
+    banks = [ErrorBank(bucket_times, capacity, cfg.replace, cfg.bank_device,
+                       getattr(torch, cfg.bank_dtype)) for bucket_times, capacity in
+             ((times, cfg.capacity), (times, cfg.capacity), ([0.0], cfg.buckets * cfg.capacity))]
     run = Run(model, ema, optimizer, *banks)
     if cfg.resume:
         model.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
-        if "bank_vid" in ckpt:
-            run.bank_vid.load_state_dict(ckpt["bank_vid"])
-            run.bank_noise.load_state_dict(ckpt["bank_noise"])
+        for name in ("bank_vid", "bank_noise", "bank_roll"):
+            if name in ckpt:
+                getattr(run, name).load_state_dict(ckpt[name])
         run.step = ckpt["step"]
     return run
 
@@ -366,7 +376,9 @@ def forward_backward(net, batch, run: Run, cfg: TrainConfig, gen, procs: Procs):
         x_t, v_target, cond, clean = inject(
             x0, noise, cond, t, run.bank_vid, run.bank_noise, gen, p_img=cfg.p_img,
             p_vid=cfg.p_vid, p_noise=cfg.p_noise, p_clean=cfg.p_clean,
-            motion_frames=cfg.motion_frames)
+            motion_frames=cfg.motion_frames, img_t_max=cfg.img_t_max,
+            img_banks=dict(onestep=[run.bank_vid], rollout=[run.bank_roll],
+                           both=[run.bank_vid, run.bank_roll])[cfg.error_source])
     else:
         x_t, v_target = interpolate(x0, noise, t), velocity_target(x0, noise)
     with procs.autocast:
@@ -394,6 +406,25 @@ def bank_errors(run: Run, errors: list, cfg: TrainConfig, procs: Procs):
         bank.add(error.index_select(0, index.to(error.device)), t[index])
 
 
+@torch.no_grad()
+def bank_rollout_errors(run: Run, batch, cfg: TrainConfig, procs: Procs):
+    """--error-source rollout or both: the EMA model samples clips from the conditions (real
+    motion frames) of a quarter of the batch, with --rollout-steps; the last m frames minus the
+    real ones are the error a rollout would hand the next clip. They go into run.bank_roll."""
+    n = max(1, len(batch[0]) // 4)
+    x0, _, _, cond, ids, mask, control = (x if x is None else x[:n] for x in batch)
+    seed = np.random.default_rng([cfg.seed, run.step, procs.rank, 2]).integers(2 ** 62)
+    gen = torch.Generator().manual_seed(int(seed))  # a 4th word: no micro-batch's stream
+    with procs.autocast:
+        text = run.ema.text_encoder(ids, mask)  # [n, D], once for every sampler step
+        velocity = lambda x, s, c: run.ema(x, s, cond, None, None, control, text=text)  # noqa
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
+        clip = euler_sample(velocity, noise, cfg.rollout_steps, cfg.shift, 1.0, cfg.sample_eta,
+                            gen)
+    m = cfg.motion_frames
+    run.bank_roll.add((clip.float() - x0)[:, :, -m:], torch.zeros(n))  # [n, C, m, H, W]
+
+
 def train_step(run: Run, net, source, cfg: TrainConfig, procs: Procs) -> torch.Tensor:
     """One optimiser step over this rank's micro-batches; returns the mean flow loss, a tensor on
     the device (reading its value would wait for the GPU at every step). Every random draw comes
@@ -413,12 +444,15 @@ def train_step(run: Run, net, source, cfg: TrainConfig, procs: Procs) -> torch.T
             micro_loss, micro_errors = forward_backward(net, batch, run, cfg, gen, procs)
         loss = loss + micro_loss.detach() / procs.accum
         errors.append(micro_errors)
+        first = batch if i == 0 else first
     params = [p for p in run.model.parameters() if p.requires_grad]
     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     run.optimizer.step()
     update_ema(run.ema, run.model, min(cfg.ema, (1 + run.step) / (10 + run.step)))
     if cfg.erft:  # after the update, as the official code does
         bank_errors(run, errors, cfg, procs)
+    if cfg.erft and cfg.error_source != "onestep" and run.step % cfg.rollout_every == 0:
+        bank_rollout_errors(run, first, cfg, procs)
     run.step += 1
     return loss
 
@@ -466,7 +500,8 @@ def save(run: Run, cfg: TrainConfig, path: str, export: bool = False):
     state = dict(model=run.model.state_dict(), ema=run.ema.state_dict(),
                  optimizer=run.optimizer.state_dict(), step=run.step, **configs)
     if cfg.erft:
-        state.update(bank_vid=run.bank_vid.state_dict(), bank_noise=run.bank_noise.state_dict())
+        state.update(bank_vid=run.bank_vid.state_dict(), bank_noise=run.bank_noise.state_dict(),
+                     bank_roll=run.bank_roll.state_dict())
     save_checkpoint(path, state)
 
 
@@ -511,7 +546,7 @@ def main(cfg: TrainConfig):
         dist.barrier()   # whole: gloo threads met at interpreter exit can abort a finished rank
         dist.destroy_process_group()
         gc.collect()
-    return run.model, run.ema, run.bank_vid, run.bank_noise
+    return run.model, run.ema, run.bank_vid, run.bank_noise, run.bank_roll
 
 
 def write_bank_picture(bank: ErrorBank, path: str):

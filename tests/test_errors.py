@@ -3,7 +3,7 @@ import io
 
 import torch
 
-from errors import ErrorBank, inject, one_step_errors
+from errors import ErrorBank, conditioning_error, inject, one_step_errors
 from flow import interpolate, noise_from_v, velocity_target, x0_from_v
 from model import condition
 
@@ -123,3 +123,21 @@ def test_injection_adds_errors_where_the_paper_says():
     assert torch.equal(c[:, 0], cond[:, 0])                # mask untouched
     assert torch.equal(c[:, :, 2:], cond[:, :, 2:])        # only the motion slots change
     assert not torch.equal(c[:, 1:, :2], cond[:, 1:, :2])
+
+
+def test_conditioning_errors_from_low_flow_times_or_from_either_bank():
+    bank = ErrorBank(torch.tensor([0.9, 0.5, 0.1]), 4, dtype=torch.float32)
+    frame = torch.arange(4.0).view(1, 1, 4, 1, 1)  # an error's value: 10 (bucket + 1) + frame
+    for i, a in enumerate((0.9, 0.5, 0.1)):
+        bank.add((10.0 * (i + 1) + frame).expand(2, 3, 4, 2, 2), torch.full((2,), a))
+    low = conditioning_error([bank], 200, 2, G(0), t_max=0.5)  # [200, C, m, H, W]
+    assert low.shape == (200, 3, 2, 2, 2)
+    assert set((low[:, 0, 0, 0, 0] // 10).tolist()) == {2.0, 3.0}  # buckets 0.5 and 0.1 only
+    assert (low[:, :, 1] - low[:, :, 0] == 1).all()  # a window of consecutive frames
+    assert len(set(low[:, 0, 0, 0, 0].tolist())) == 6  # every start: frames 0-1, 1-2, 2-3
+    assert conditioning_error([bank], 1, 2, G(0), t_max=0.05) is None  # no bucket that low
+    rollout = ErrorBank(torch.tensor([0.0]), 8, dtype=torch.float32)
+    rollout.add(torch.full((1, 3, 2, 2, 2), -1.0), torch.zeros(1))  # m frames already
+    assert torch.equal(conditioning_error([rollout], 3, 2, G(2)), torch.full((3, 3, 2, 2, 2), -1.0))
+    mixed = conditioning_error([bank, rollout], 200, 2, G(1))[:, 0, 0, 0, 0]
+    assert 60 < (mixed == -1).sum() < 140 and (mixed > 0).sum() == 200 - (mixed == -1).sum()

@@ -4,8 +4,8 @@ from dataclasses import asdict, replace
 import torch
 
 from flow import flow_loss, interpolate, velocity_target
-from model import (DiTConfig, VideoDiT, add_lora, condition, load_checkpoint, merged_state_dict,
-                   patchify, rope_angles, rotate, tokenize, unpatchify)
+from model import (DiTConfig, Sampling, VideoDiT, add_lora, condition, load_checkpoint,
+                   merged_state_dict, patchify, rope_angles, rotate, tokenize, unpatchify)
 
 CFG = DiTConfig(width=64, depth=2, heads=2, frames=4, resolution=16)
 
@@ -115,6 +115,13 @@ def test_a_checkpoint_from_before_rotary_positions_loads_without_them(tmp_path):
     torch.save({"model_cfg": asdict(CFG)}, tmp_path / "new.pt")
     assert load_checkpoint(str(tmp_path / "old.pt"))["model_cfg"]["rope"] is False
     assert load_checkpoint(str(tmp_path / "new.pt"))["model_cfg"]["rope"] is True
+
+
+def test_a_checkpoint_from_before_sampling_was_recorded_takes_it_from_training(tmp_path):
+    torch.save({"model_cfg": asdict(CFG), "train_cfg": {"motion_frames": 3, "shift": 2.0}},
+               tmp_path / "old.pt")  # nor did it name its world: the hard one, then the only
+    sampling = load_checkpoint(str(tmp_path / "old.pt"))["sampling"]
+    assert Sampling(**sampling) == Sampling(motion_frames=3, shift=2.0, world="hard")
 
 
 def test_overfits_one_batch():

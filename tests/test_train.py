@@ -10,7 +10,9 @@ import torch
 
 import sample
 import train
-from model import condition, from_checkpoint, merged_state_dict, tokenize
+from data import DEFAULT_WORLD
+from flow import euler_sample
+from model import Sampling, condition, from_checkpoint, merged_state_dict, tokenize
 from conftest import run, tiny_config
 
 
@@ -57,6 +59,18 @@ def test_erft_resume_is_bitwise_identical_bank_included(tmp_path, monkeypatch, b
     resumed = run_with_crash(tiny_config(tmp_path / "b", ckpt_every=3, **erft), monkeypatch, 3)
     assert len(straight[2]) == 6 and len(straight[3]) == 6  # 3 buckets x 2, full
     assert_same_run(straight, resumed)
+
+
+def test_rollout_errors_are_banked_and_a_resumed_run_is_bitwise(tmp_path, monkeypatch, base_ckpt):
+    erft = dict(steps=4, batch_size=4, erft=True, init_from=base_ckpt, p_clean=0.0,
+                error_source="both", rollout_every=2, rollout_steps=2)
+    straight = train.main(tiny_config(tmp_path / "a", **erft))
+    resumed = run_with_crash(tiny_config(tmp_path / "b", ckpt_every=2, **erft), monkeypatch, 2)
+    assert_same_run(straight, resumed)
+    bank_roll = straight[4]  # steps 0 and 2, a quarter of the batch each: the m motion frames
+    assert len(bank_roll) == 2 and bank_roll.errors.shape[2:] == (3, 2, 16, 16)
+    stored = bank_roll.errors[0, :2].float()
+    assert torch.isfinite(stored).all() and (stored.abs().amax(dim=(1, 2, 3, 4)) > 0).all()
 
 
 def test_checkpoint_of_another_clip_size_is_rejected(tmp_path, base_ckpt, capsys):
@@ -120,6 +134,33 @@ def test_sampling_is_deterministic_and_counts_frames(tmp_path, base_ckpt):
     assert np.array_equal(videos[0], videos[1]) and not np.array_equal(videos[0], videos[2])
 
 
+def test_the_checkpoint_records_how_to_sample_and_flags_override_it(tmp_path, base_ckpt):
+    train.main(tiny_config(tmp_path, init_from=base_ckpt, steps=1, shift=3.0, sample_steps=5,
+                           sample_eta=0.5, guidance=1.5))
+    model = from_checkpoint(str(tmp_path / "ckpt.pt"))
+    assert model.sampling == Sampling(motion_frames=2, shift=3.0, steps=5, eta=0.5, guidance=1.5,
+                                      world=DEFAULT_WORLD)
+    assert sample.settings(model, steps=None, eta=0.0, shift=None) == \
+        Sampling(2, 3.0, 5, 0.0, 1.5, DEFAULT_WORLD)  # None: the checkpoint's
+
+
+@torch.no_grad()
+def test_a_clip_encodes_its_prompts_once_and_samples_as_if_at_every_step(base_ckpt):
+    model = from_checkpoint(base_ckpt)
+    calls = []
+    model.text_encoder.register_forward_hook(lambda *args: calls.append(1))
+    g = torch.Generator().manual_seed(0)
+    cond = condition(torch.rand(2, 3, 2, 16, 16, generator=g) * 2 - 1, None, 4)
+    noise = torch.randn(2, 3, 4, 16, 16, generator=g)
+    prompts = ["a red circle", "a blue square"]
+    clip = sample.generate_clip(model, cond, prompts, None, noise, steps=5, guidance=2.0, eta=0.0)
+    assert len(calls) == 2  # the prompts and the empty prompts, once each, not once per step
+    texts = {True: tokenize(prompts, model.cfg.text_len), False: tokenize(["", ""], 64)}
+    velocity = lambda x, t, c: model(x, t, cond, *texts[c])  # noqa: E731  encoded every step
+    expected = euler_sample(velocity, noise, 5, model.sampling.shift, 2.0, 0.0)
+    torch.testing.assert_close(clip, expected)
+
+
 def test_prompt_file_and_control_file(tmp_path, base_ckpt):
     (tmp_path / "story.txt").write_text("a red circle on a black background\n\na blue square\n")
     np.savetxt(tmp_path / "path.txt", np.linspace(-0.5, 0.5, 10)[:, None].repeat(2, 1))
@@ -151,6 +192,8 @@ def test_start_from_an_image_with_a_prompt(tmp_path, base_ckpt):
     (["--p-img", "1.5"], "within [0, 1]"),
     (["--resume", "--out", "nowhere"], "no checkpoint"),
     (["--world", "huge"], "--world huge: choose one of "),
+    (["--error-source", "dreams"], "--error-source dreams: choose onestep, rollout or both"),
+    (["--img-t-max", "2"], "--img-t-max must be within [0, 1]"),
     (["--precision", "fp8"], "--precision fp8: choose auto, bf16 or fp32"),
     (["--device", "meta"], "--device meta holds shapes, not values"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nowhere"],
@@ -168,6 +211,8 @@ def test_bad_training_flags_are_rejected_clearly(flags, message, capsys):
     (["--ckpt", "missing.pt"], "no such file"),
     (["--control", "missing.txt"], "no such file"),
     (["--eta", "1.5"], "--eta must be in [0, 1]"),
+    (["--steps", "0"], "--steps must be positive"),
+    (["--shift", "-1"], "--shift must be positive"),
     (["--device", "meta"], "--device meta holds shapes, not values"),
 ])
 def test_bad_sampling_flags_are_rejected_clearly(flags, message, capsys):
