@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import train
 from data import ShapesSource, ShapesWorld
-from flow import flow_loss, interpolate, velocity_target
+from flow import flow_loss
 from model import (PRESETS, DiTConfig, VideoDiT, condition, device_problems, fail,
                    from_checkpoint, load_checkpoint, pick_device, tokenize)
 from sample import rollout, world_start
@@ -91,10 +91,8 @@ def training_speed(preset: str, batch: int, steps: int, device="cpu"):
     def step(i):
         rng = np.random.default_rng([0, i])
         gen = torch.Generator().manual_seed(i)
-        x0, noise, t, cond, ids, mask, control = train.make_batch(
-            source, cfg, batch, rng, gen, model.cfg.text_len, device)
-        v_hat = model(interpolate(x0, noise, t), t.to(device), cond, ids, mask, control)
-        loss = flow_loss(v_hat, velocity_target(x0, noise))
+        clips = train.make_batch(source, cfg, batch, rng, gen, model.cfg.text_len, device)
+        loss = train.batch_loss(model, clips)[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

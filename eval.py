@@ -54,7 +54,6 @@ curves.png (each metric per clip), side_by_side_SETTING.mp4 (real | each method,
 --video-seed) and scores_SETTING.npz (every value per seed and clip, keyed "method/metric").
 """
 import argparse
-import dataclasses
 import os
 import warnings
 
@@ -64,12 +63,11 @@ import torch
 
 from data import (BACKGROUNDS, COLOURS, DEFAULT_WORLD, KINDS, PALETTE, WORLDS, ShapesSource,
                   ShapesWorld, VideoWriter, to_uint8, to_unit, writable_folder)
-from errors import ErrorBank, inject
-from flow import flow_loss, interpolate, velocity_target
+from errors import ErrorBank
 from model import (condition, device_problems, fail, from_checkpoint, load_checkpoint,
                    not_positive, pick_device)
 from sample import add_sampler_flags, generate_clip, rollout, sampler_problems, settings
-from train import config_of, make_batch
+from train import batch_loss, config_of, inject_errors, make_batch
 
 OFF_PALETTE = 48.0   # RGB distance beyond which a pixel matches no palette colour
 MIN_AREA = 3         # pixels a connected blob needs to count as an object
@@ -275,27 +273,21 @@ def recycled_losses(models, run_path, batches=20):
                          f"{cfg.resolution}, the models' are {some.cfg.frames}, "
                          f"{some.cfg.resolution}")
     banks = []
-    for key in ("bank_vid", "bank_noise"):
-        bank = ErrorBank(torch.zeros(1), cfg.capacity, cfg.replace)  # its times are loaded
-        bank.load_state_dict(ckpt[key])
-        banks.append(bank)
+    for key in ("bank_vid", "bank_noise", "bank_roll"):
+        banks.append(ErrorBank(torch.zeros(1), cfg.capacity, cfg.replace))  # times: loaded
+        if key in ckpt:
+            banks[-1].load_state_dict(ckpt[key])
     source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.world)
     device = next(some.parameters()).device
     losses = {name: np.zeros((batches, 2)) for name in models}
     for i in range(batches):
         rng = np.random.default_rng([cfg.seed, i, 0, 1])  # a 4th word: no training step's seed
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        x0, noise, t, cond, ids, mask, control = make_batch(source, cfg, cfg.batch_size, rng, gen,
-                                                            some.cfg.text_len, device)
-        x_err, v_err, cond_err, _ = inject(x0, noise, cond, t, *banks, gen, p_img=cfg.p_img,
-                                           p_vid=cfg.p_vid, p_noise=cfg.p_noise, p_clean=0.0,
-                                           motion_frames=cfg.motion_frames)
-        inputs = [(interpolate(x0, noise, t), velocity_target(x0, noise), cond),
-                  (x_err, v_err, cond_err)]                       # as they are, with errors
+        batch = make_batch(source, cfg, cfg.batch_size, rng, gen, some.cfg.text_len, device)
+        injected = inject_errors(batch, banks, cfg, gen, p_clean=0.0)[0]
         for name, model in models.items():
-            for j, (x_t, v_target, c) in enumerate(inputs):
-                v_hat = model(x_t, t.to(device), c, ids, mask, control)
-                losses[name][i, j] = flow_loss(v_hat, v_target).item()
+            for j, errors in enumerate((None, injected)):  # as they are, with errors
+                losses[name][i, j] = batch_loss(model, batch, errors)[0].item()
     return losses
 
 

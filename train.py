@@ -25,7 +25,6 @@ import gc
 import json
 import math
 import os
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -368,26 +367,46 @@ def build(cfg: TrainConfig, device: str) -> Run:
     return run
 
 
+def batch_loss(net, batch, injected=None, autocast=nullcontext()):
+    """The flow loss of net on a batch (make_batch) -> (loss, v_hat, v*): on the flow path
+    x_t = (1 - t) x0 + t noise with target v* = noise - x0, or on inputs with errors injected
+    (injected: x_t, v*, cond from errors.inject)."""
+    x0, noise, t, cond, ids, mask, control = batch
+    x_t, v_target = interpolate(x0, noise, t), velocity_target(x0, noise)
+    if injected is not None:
+        x_t, v_target, cond = injected
+    with autocast:
+        v_hat = net(x_t, t.to(x_t.device), cond, ids, mask, control)
+    return flow_loss(v_hat, v_target), v_hat, v_target  # the loss in fp32 under autocast too
+
+
+def inject_errors(batch, banks, cfg: TrainConfig, gen, p_clean: float):
+    """errors.inject on a batch as cfg trains (its gates, the source of its conditioning error):
+    paper Eq. 3, the model's own errors in its inputs; Eq. 6, the target still the clean clip.
+    banks: bank_vid, bank_noise, bank_roll. -> (x_t, v*, cond), the clean gates [B]."""
+    bank_vid, bank_noise, bank_roll = banks
+    x0, noise, t, cond = batch[:4]
+    img_banks = dict(onestep=[bank_vid], rollout=[bank_roll], both=[bank_vid, bank_roll])
+    *injected, clean = inject(
+        x0, noise, cond, t, bank_vid, bank_noise, gen, p_img=cfg.p_img, p_vid=cfg.p_vid,
+        p_noise=cfg.p_noise, p_clean=p_clean, motion_frames=cfg.motion_frames,
+        img_banks=img_banks[cfg.error_source], img_t_max=cfg.img_t_max)
+    return injected, clean
+
+
 def forward_backward(net, batch, run: Run, cfg: TrainConfig, gen, procs: Procs):
     """The flow loss of one micro-batch, its gradient accumulated; with --erft the inputs carry
     banked errors, and the step's own one-step errors are returned for the banks, else None."""
-    x0, noise, t, cond, ids, mask, control = batch
-    if cfg.erft:  # paper Eq. 3: the model's own errors in its inputs; Eq. 6: the target is clean
-        x_t, v_target, cond, clean = inject(
-            x0, noise, cond, t, run.bank_vid, run.bank_noise, gen, p_img=cfg.p_img,
-            p_vid=cfg.p_vid, p_noise=cfg.p_noise, p_clean=cfg.p_clean,
-            motion_frames=cfg.motion_frames, img_t_max=cfg.img_t_max,
-            img_banks=dict(onestep=[run.bank_vid], rollout=[run.bank_roll],
-                           both=[run.bank_vid, run.bank_roll])[cfg.error_source])
-    else:
-        x_t, v_target = interpolate(x0, noise, t), velocity_target(x0, noise)
-    with procs.autocast:
-        v_hat = net(x_t, t.to(x_t.device), cond, ids, mask, control)
-    loss = flow_loss(v_hat, v_target)  # fp32 under autocast too
+    injected, clean = None, None
+    if cfg.erft:
+        injected, clean = inject_errors(batch, (run.bank_vid, run.bank_noise, run.bank_roll), cfg,
+                                        gen, cfg.p_clean)
+    loss, v_hat, v_target = batch_loss(net, batch, injected, procs.autocast)
     (loss / procs.accum).backward()
     if not cfg.erft:
         return loss, None
     # paper Eq. 4, no extra pass; errors of clean samples are banked only now and then
+    t = batch[2]
     keep = ~clean | (torch.rand(len(t), generator=gen) < cfg.p_bank_clean)  # [B] on the CPU
     return loss, (*one_step_errors(v_hat.detach(), v_target, t), t, keep)
 
@@ -444,7 +463,8 @@ def train_step(run: Run, net, source, cfg: TrainConfig, procs: Procs) -> torch.T
             micro_loss, micro_errors = forward_backward(net, batch, run, cfg, gen, procs)
         loss = loss + micro_loss.detach() / procs.accum
         errors.append(micro_errors)
-        first = batch if i == 0 else first
+        if i == 0:
+            first = batch  # the batch a rollout starts from (--error-source rollout, both)
     params = [p for p in run.model.parameters() if p.requires_grad]
     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     run.optimizer.step()

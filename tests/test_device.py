@@ -51,10 +51,10 @@ CFG_TRAIN = dict(width=32, depth=2, heads=2, text_len=8, text_width=32, text_dep
                  p_film=0.5)
 
 
-def meta_run(tmp_path, bank_device):
+def meta_run(tmp_path, bank_device, **flags):
     """A run built on the meta device, ERFT on, its banks (capacity 2, 2 buckets) already full."""
     cfg = tiny_config(tmp_path, erft=True, p_clean=0.0, p_noise=1.0, cond_noise=0.1, buckets=2,
-                      capacity=2, replace="fifo", bank_device=bank_device, **CFG_TRAIN)
+                      capacity=2, replace="fifo", bank_device=bank_device, **CFG_TRAIN, **flags)
     run = train.build(cfg, "meta")
     for bank in (run.bank_vid, run.bank_noise):
         bank.add(torch.randn(4, 3, 4, 16, 16).to(bank_device), torch.tensor([0.9, 0.9, 0.1, 0.1]))
@@ -64,11 +64,14 @@ def meta_run(tmp_path, bank_device):
 
 
 def test_an_erft_training_step_stays_on_the_device_banks_included(tmp_path):
-    cfg, run, procs, source = meta_run(tmp_path, "meta")
+    cfg, run, procs, source = meta_run(tmp_path, "meta", error_source="both", rollout_every=1,
+                                       rollout_steps=2)
     before = run.bank_vid.added.clone()
-    loss = train.train_step(run, run.model, source, cfg, procs)
-    assert loss.device == META and run.step == 1
-    assert (run.bank_vid.added.sum() - before.sum()) == 2  # this step's two errors, filed
+    for step in range(2):  # the second injects rollout errors, banked after the first
+        loss = train.train_step(run, run.model, source, cfg, procs)
+    assert loss.device == META and run.step == 2
+    assert (run.bank_vid.added.sum() - before.sum()) == 4  # the steps' two errors each, filed
+    assert len(run.bank_roll) == 2 and run.bank_roll.errors.device == META  # a rollout a step
     assert run.bank_vid.errors.device == META
     assert all(p.device == META for p in run.ema.parameters())
 

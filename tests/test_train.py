@@ -100,7 +100,7 @@ def test_grown_base_starts_as_the_base(tmp_path, base_ckpt, capsys):
 
 def test_lora_fine_tune_trains_adapters_only_and_samples(tmp_path, base_ckpt):
     export = tmp_path / "share" / "lora.pt"
-    model, ema, _, _ = train.main(tiny_config(tmp_path, lora_rank=2, init_from=base_ckpt,
+    model, ema, *_ = train.main(tiny_config(tmp_path, lora_rank=2, init_from=base_ckpt,
                                               erft=True, lr=1e-2, export=str(export)))
     base = torch.load(base_ckpt, weights_only=True)["ema"]
     state = model.state_dict()
@@ -282,7 +282,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 
 def test_noise_augmented_baseline_and_size_flags(tmp_path):
-    model, _, _, _ = train.main(tiny_config(tmp_path, cond_noise=0.3, width=32, depth=1,
+    model, *_ = train.main(tiny_config(tmp_path, cond_noise=0.3, width=32, depth=1,
                                             heads=1, patch_t=1, patch_s=2))
     assert (model.cfg.width, model.cfg.depth, model.cfg.patch_t, model.cfg.patch_s) == (32, 1, 1, 2)
     assert os.path.exists(tmp_path / "ckpt.pt")
