@@ -172,9 +172,10 @@ def costs(q, device, say, tmp):
         rollout.append(seconds_per_step(os.path.join(tmp, f"rollout{r}"), erft=True,
                                         error_source="rollout", **common))
     plain, erft, rollout = np.median(plain), np.median(erft), np.median(rollout)
+    every = train.TrainConfig.rollout_every
     say(f"fine-tuning step: plain {plain:.3f} s, ERFT {erft:.3f} s, ERFT / plain = "
-        f"{erft / plain:.3f}; with rollout errors (--error-source rollout, a clip sampled every "
-        f"{train.TrainConfig.rollout_every} steps) {rollout:.3f} s, / plain = {rollout / plain:.3f}")
+        f"{erft / plain:.3f}; with rollout errors (--error-source rollout, clips sampled every "
+        f"{every} steps) {rollout:.3f} s, / plain = {rollout / plain:.3f}")
 
     # 3. and 4. long rollouts: time per clip and memory stay flat
     long, short = (12, 3) if q else (200, 10)

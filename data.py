@@ -9,7 +9,7 @@ data.py: where svi's clips come from.
   is a palette colour, which is what makes drift measurable exactly.
 - World and WORLDS: how hard the world is, as a dial (how many shapes, how large, how fast,
   whether they may pass in front of one another, how many backgrounds, how often events and
-  control paths come), with named presets: easy, medium, hard.
+  control paths come), with named presets: simple, easy, medium, hard.
 - ShapesSource: training clips of fresh random worlds of one preset.
 - VideoFolder: a folder of the user's own videos (mp4, gif, webm, avi), with an optional caption
   per video in a sidecar .txt.

@@ -107,7 +107,7 @@ class ErrorBank:
     def sample_pooled(self, n: int, generator, t_max: float = 1.0):
         """n errors drawn uniformly from everything stored in the buckets at flow time t_max or
         below, whatever their bucket: [n, ...]; None when those buckets are empty."""
-        count = torch.where(self.times <= t_max, self.count, 0)       # [buckets]
+        count = self.count if t_max >= 1 else torch.where(self.times <= t_max, self.count, 0)
         if int(count.sum()) == 0:
             return None
         index = torch.randint(int(count.sum()), (n,), generator=generator)  # into those errors

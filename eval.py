@@ -668,17 +668,15 @@ def diagnose(args, models, sampling, world):
         text = errors_table(error_stats(bank, clips))  # clips: [S (chunks - 1), C, T - m, H, W]
         error_picture(bank, clips, png)
     with open(md, "w") as f:
-        f.write(f"{args.seeds} seeds, {setting}, {sampler_line(args, models)}; "
+        f.write(f"{args.seeds} seeds, {setting}, {sampler_line(sampling)}; "
                 f"checkpoints: {', '.join(args.ckpt)}\n\n{text}")
     print(text, flush=True)
     return result if args.diagnostic != "errors" else text
 
 
-def sampler_line(args, models) -> str:
-    """The sampler's settings as the first model runs them (its checkpoint's unless given)."""
-    s = settings(next(iter(models.values())), steps=args.steps, shift=args.shift,
-                 guidance=args.guidance, eta=args.eta)
-    return f"{s.steps} steps, eta {s.eta}, guidance {s.guidance}, shift {s.shift}"
+def sampler_line(sampling: dict) -> str:
+    return ("{steps} steps, eta {eta}, guidance {guidance}, shift {shift} (the first "
+            "checkpoint's, for every model, unless given)").format(**sampling)
 
 
 def parse_args(argv=None):
@@ -759,8 +757,10 @@ def load_models(named, device) -> dict:
 def main(args):
     named = check(args)
     models = load_models(named, pick_device(args.device))
-    world = args.world or next(iter(models.values())).sampling.world
-    sampling = dict(steps=args.steps, shift=args.shift, guidance=args.guidance, eta=args.eta)
+    first = next(iter(models.values()))
+    world = args.world or first.sampling.world
+    s = settings(first, steps=args.steps, shift=args.shift, guidance=args.guidance, eta=args.eta)
+    sampling = dict(steps=s.steps, shift=s.shift, guidance=s.guidance, eta=s.eta)  # for all
     os.makedirs(args.out, exist_ok=True)
     if args.diagnostic:
         try:
@@ -786,7 +786,7 @@ def main(args):
                     for metric, values in by_metric.items()})
         print(report[-1], flush=True)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(f"{args.seeds} seeds x {args.chunks} clips, {sampler_line(args, models)}, "
+        f.write(f"{args.seeds} seeds x {args.chunks} clips, {sampler_line(sampling)}, "
                 f"noise seed {args.noise_seed}; checkpoints: {', '.join(args.ckpt)}\n\n"
                 + "\n".join(report))
     if all_scores:

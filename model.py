@@ -459,6 +459,7 @@ def from_checkpoint(path: str, ema: bool = True, device="cpu") -> VideoDiT:
     model.load_state_dict(merged_state_dict(ckpt["ema" if ema else "model"]))
     return model.to(device).eval()
 
+
 if __name__ == "__main__":
     for name, sizes in PRESETS.items():
         cfg = DiTConfig(**sizes)

@@ -40,6 +40,7 @@ def settings(model, **given) -> Sampling:
     return dataclasses.replace(model.sampling, **{k: v for k, v in given.items() if v is not None})
 
 
+@torch.no_grad()
 def generate_clip(model, cond, prompts, control, noise, generator=None, **given):
     """One clip [B, C, T, H, W] from noise, conditioned on cond (from model.condition), a prompt
     per sample and a control stream [B, T, 2] (NaN: none); sampler settings as settings().
@@ -108,7 +109,8 @@ def parse_args(argv=None):
 
 def add_sampler_flags(p):
     """--steps, --guidance, --eta, --shift: each, when not given, the checkpoint's (its
-    model.sampling, whose defaults are 20 steps, no guidance, eta 1, training's shift)."""
+    model.sampling: as it was trained, train.py --sample-steps, --sample-eta, --guidance,
+    --shift)."""
     p.add_argument("--steps", type=int, default=None, help="sampling steps per clip")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--eta", type=float, default=None,

@@ -100,7 +100,7 @@ class TrainConfig:
     bank_dtype: str = "float16"
     warmup_gather: int = 50       # under torchrun, bank all ranks' errors for this many steps
     img_t_max: float = 1.0        # draw the conditioning error from buckets at flow time <= this
-    error_source: str = "onestep" # conditioning errors: one-step errors (the paper's), rollout
+    error_source: str = "onestep"  # conditioning errors: one-step errors (the paper's), rollout
                                   # (the EMA model's sampled clips minus the real ones), or both
     rollout_every: int = 4        # rollout, both: sample clips for the rollout bank this often
     rollout_steps: int = 10       # with this many sampler steps
@@ -159,6 +159,11 @@ def check(cfg: TrainConfig):
         problems.append("--anchor-gap must be 0 or more")
     if cfg.error_source not in ("onestep", "rollout", "both"):
         problems.append(f"--error-source {cfg.error_source}: choose onestep, rollout or both")
+    if not cfg.erft and (cfg.error_source != "onestep" or cfg.img_t_max < 1):
+        problems.append("--error-source and --img-t-max choose ERFT's errors: add --erft")
+    if cfg.sample_steps > 0 and cfg.img_t_max < float(schedule(cfg.sample_steps, cfg.shift)[-2]):
+        problems.append(f"--img-t-max {cfg.img_t_max} is below every bucket's flow time "
+                        f"({float(schedule(cfg.sample_steps, cfg.shift)[-2]):.3f} the lowest)")
     if cfg.replace not in ("l2", "random", "fifo"):
         problems.append(f"--replace {cfg.replace}: choose l2, random or fifo")
     if cfg.init_from and not os.path.isfile(cfg.init_from):
@@ -428,8 +433,9 @@ def bank_errors(run: Run, errors: list, cfg: TrainConfig, procs: Procs):
 @torch.no_grad()
 def bank_rollout_errors(run: Run, batch, cfg: TrainConfig, procs: Procs):
     """--error-source rollout or both: the EMA model samples clips from the conditions (real
-    motion frames) of a quarter of the batch, with --rollout-steps; the last m frames minus the
-    real ones are the error a rollout would hand the next clip. They go into run.bank_roll."""
+    motion frames) of a quarter of the batch (of this rank's first micro-batch), with
+    --rollout-steps; the last m frames minus the real ones are the error a rollout would hand the
+    next clip. They go into run.bank_roll."""
     n = max(1, len(batch[0]) // 4)
     x0, _, _, cond, ids, mask, control = (x if x is None else x[:n] for x in batch)
     seed = np.random.default_rng([cfg.seed, run.step, procs.rank, 2]).integers(2 ** 62)
@@ -452,7 +458,7 @@ def train_step(run: Run, net, source, cfg: TrainConfig, procs: Procs) -> torch.T
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.optimizer.zero_grad(set_to_none=True)
-    loss, errors = 0.0, []  # the loss: a sum of tensors
+    loss, errors, first = 0.0, [], None  # the loss: a sum of tensors
     for i in range(procs.accum):  # micro-batch i of this rank: shard rank * accum + i
         rng = np.random.default_rng([cfg.seed, run.step, procs.rank * procs.accum + i])
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
@@ -463,8 +469,8 @@ def train_step(run: Run, net, source, cfg: TrainConfig, procs: Procs) -> torch.T
             micro_loss, micro_errors = forward_backward(net, batch, run, cfg, gen, procs)
         loss = loss + micro_loss.detach() / procs.accum
         errors.append(micro_errors)
-        if i == 0:
-            first = batch  # the batch a rollout starts from (--error-source rollout, both)
+        if i == 0 and cfg.erft and cfg.error_source != "onestep":
+            first = batch  # the batch a rollout starts from
     params = [p for p in run.model.parameters() if p.requires_grad]
     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     run.optimizer.step()

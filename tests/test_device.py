@@ -35,10 +35,9 @@ def inputs(device, control=True):
 
 @pytest.mark.parametrize("lora, grad_ckpt, control", [(False, False, True), (True, True, False)])
 def test_forward_and_backward_stay_on_the_models_device(lora, grad_ckpt, control):
-    model = VideoDiT(DiTConfig(**CFG))
+    model = VideoDiT(DiTConfig(**CFG), grad_ckpt=grad_ckpt)
     if lora:
         add_lora(model, 2)
-    model.grad_ckpt = grad_ckpt
     model.to(META)
     v_hat = model(*inputs(META, control))
     assert v_hat.device == META and v_hat.shape == (2, 3, 4, 16, 16)

@@ -194,6 +194,8 @@ def test_start_from_an_image_with_a_prompt(tmp_path, base_ckpt):
     (["--world", "huge"], "--world huge: choose one of "),
     (["--error-source", "dreams"], "--error-source dreams: choose onestep, rollout or both"),
     (["--img-t-max", "2"], "--img-t-max must be within [0, 1]"),
+    (["--error-source", "rollout"], "--error-source and --img-t-max choose ERFT's errors"),
+    (["--erft", "--img-t-max", "0.01"], "--img-t-max 0.01 is below every bucket's flow time"),
     (["--precision", "fp8"], "--precision fp8: choose auto, bf16 or fp32"),
     (["--device", "meta"], "--device meta holds shapes, not values"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nowhere"],
@@ -272,7 +274,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     cond = condition(x[:, :, :2], None, 4)
     grads = []
     for ckpt in (False, True):
-        model.grad_ckpt = ckpt
+        model.grad_ckpt = ckpt  # as VideoDiT(cfg, grad_ckpt=True) sets it
         model.zero_grad()
         model(x, torch.rand(2, generator=torch.Generator().manual_seed(1)), cond,
               *tokenize(["a", "b"], 64)).square().mean().backward()
