@@ -59,7 +59,7 @@ WORLDS = {  # named presets; "hard" is the world of svi's first benchmark (docs/
     "medium": World(overlap=False),
     "hard": World(),
 }
-DEFAULT_WORLD = "easy"
+DEFAULT_WORLD = "simple"
 VIDEO_EXTENSIONS = (".mp4", ".gif", ".webm", ".avi")
 
 

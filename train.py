@@ -56,7 +56,7 @@ class TrainConfig:
     anchor_gap: int = 64          # shot-mode anchor: the world's first frame, 0 to this many
                                   # frames before the clip (SVI 2.0: who, not where); 0: a random
                                   # frame of the clip (SVI 1.0), which pins shapes at test time
-    world: str = ""               # the synthetic world's difficulty: easy, medium, hard
+    world: str = ""               # the synthetic world's difficulty: simple, easy, medium, hard
                                   # (data.WORLDS); "": the checkpoint's with --init-from or
                                   # --resume, else data.DEFAULT_WORLD
     # model

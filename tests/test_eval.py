@@ -44,7 +44,7 @@ def test_components_count_blobs_and_their_centroids():
     assert np.allclose(blobs[0][1], (2.5, 2.0)) and np.allclose(blobs[1][1], (7.5, 7.5))
 
 
-@pytest.mark.parametrize("world", ["easy", "medium", "hard"])
+@pytest.mark.parametrize("world", ["simple", "easy", "medium", "hard"])
 def test_every_whole_shape_of_every_world_gets_its_kind(world):
     for seed in range(30):
         w = ShapesWorld(seed, 32, world)
