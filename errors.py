@@ -16,7 +16,9 @@ trains it on its own errors instead, in a closed loop that costs almost nothing 
 
 The conditioning error may also come from the errors rollouts really make: train.py
 --error-source rollout banks the difference between clips the model samples and the real ones
-(one bucket, the same replacement rule), and conditioning_error draws from it.
+(one bucket, the same replacement rule), and conditioning_error draws from it; with
+--rollout-chain, rollouts start from motion frames that carry such an error, so errors are
+recycled across clips as well as across steps.
 
 The conditioning-frame error is what matters most (paper Tab. 4): it shows the model motion
 frames as flawed as its own outputs, next to a clean target.

@@ -24,8 +24,9 @@ DIAGNOSTIC.md and DIAGNOSTIC.png to --out:
   motion frames (the model's own rollout error, banked one-step errors, Gaussian noise) at 0, 0.5,
   1 and 2 times the size of a rollout error; the slope says whether it corrects (< 1) or
   amplifies (> 1) what it is given;
-- errors: banked one-step errors per flow-time bucket against rollout errors: RMS, the share of
-  energy at low spatial frequency, and a picture of a few of each.
+- errors: banked one-step errors per flow-time bucket (and banked rollout errors, if the run has
+  any) against rollout errors per clip: RMS, the share of energy at low spatial frequency, and a
+  picture of a few of each.
 
 Three settings, as in the paper: consistent (one prompt, shot mode), creative (a scene event and
 a new prompt every few clips, film mode) and conditional (shape 0 follows a control stream). For
@@ -258,25 +259,32 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
 # -----------------------------------------------------------------------------
 # Do the models undo the errors ERFT trains on? The flow loss with and without them
 
+def run_banks(path):
+    """An ERFT run's checkpoint (train.py --erft: its ckpt.pt): its TrainConfig and its three
+    error banks, bank_vid, bank_noise and bank_roll (empty unless the run had --error-source
+    rollout or both)."""
+    ckpt = load_checkpoint(path)
+    if "bank_vid" not in ckpt:
+        raise ValueError(f"{path}: no error banks; give the ckpt.pt of a train.py --erft run")
+    cfg = config_of(ckpt)
+    banks = [ErrorBank(torch.zeros(1), cfg.capacity, cfg.replace) for _ in range(3)]
+    for bank, key in zip(banks, ("bank_vid", "bank_noise", "bank_roll")):  # times too
+        if key in ckpt:
+            bank.load_state_dict(ckpt[key])
+    return cfg, banks
+
+
 @torch.no_grad()
 def recycled_losses(models, run_path, batches=20):
     """The flow loss of each model on fresh training batches of the world, as they are and with
     the errors of an ERFT run's banks (run_path: its ckpt.pt) injected as that run trained (its
     gates, no clean gate); the same batches and errors for every model. -> {name: [batches, 2]}"""
-    ckpt = load_checkpoint(run_path)
-    if "bank_vid" not in ckpt:
-        raise ValueError(f"{run_path}: no error banks; give the ckpt.pt of a train.py --erft run")
-    cfg = config_of(ckpt)
+    cfg, banks = run_banks(run_path)
     some = next(iter(models.values()))
     if (cfg.frames, cfg.resolution) != (some.cfg.frames, some.cfg.resolution):
         raise ValueError(f"{run_path}: clips of --frames {cfg.frames} --resolution "
                          f"{cfg.resolution}, the models' are {some.cfg.frames}, "
                          f"{some.cfg.resolution}")
-    banks = []
-    for key in ("bank_vid", "bank_noise", "bank_roll"):
-        banks.append(ErrorBank(torch.zeros(1), cfg.capacity, cfg.replace))  # times: loaded
-        if key in ckpt:
-            banks[-1].load_state_dict(ckpt[key])
     source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.world)
     device = next(some.parameters()).device
     losses = {name: np.zeros((batches, 2)) for name in models}
@@ -395,16 +403,6 @@ def rms(x, dims=(1, 2, 3, 4)):
     return x.float().pow(2).mean(dim=dims).sqrt()
 
 
-def banked_errors(path):
-    """The conditioning-error bank of an ERFT run's checkpoint (train.py --erft: its ckpt.pt)."""
-    ckpt = load_checkpoint(path)
-    if "bank_vid" not in ckpt:
-        raise ValueError(f"{path}: no error banks; give the ckpt.pt of a train.py --erft run")
-    bank = ErrorBank(torch.zeros(1), config_of(ckpt).capacity)
-    bank.load_state_dict(ckpt["bank_vid"])
-    return bank
-
-
 def put_error(source, own, bank, shape, seed):
     """An error of one source, RMS 1 per sample, [S, C, m, H, W]: the model's own rollout error
     (own), banked one-step errors (a window of the clip's first m frames) or Gaussian noise,
@@ -495,18 +493,18 @@ def low_share(e, cutoff=LOW):
     return low.sum(dim=(1, 2, 3, 4)) / power.sum(dim=(1, 2, 3, 4)).clamp_min(1e-12)
 
 
-def error_stats(bank, rollout_errors):
-    """RMS and low-frequency share of the banked errors per flow-time bucket, and of the rollout
-    errors [N, C, T, H, W]. -> rows (label, count, rms, low share)."""
-    rows = []
-    for b, (t, count) in enumerate(zip(bank.times.tolist(), bank.count.tolist())):
-        if count:
-            e = bank.errors[b, :count].float()
-            rows.append((f"banked, t = {t:.2f}", count, float(rms(e).mean()),
-                         float(low_share(e).mean())))
-    rows.append(("rollout", len(rollout_errors), float(rms(rollout_errors).mean()),
-                 float(low_share(rollout_errors).mean())))
-    return rows
+def error_stats(bank, rollout_errors, bank_roll=None):
+    """RMS and low-frequency share of the banked one-step errors per flow-time bucket, of the
+    banked rollout errors (bank_roll, if it holds any) and of each group of rollout errors
+    ({label: [N, C, T, H, W]}). -> rows (label, count, rms, low share)."""
+    groups = [(f"banked, t = {t:.2f}", bank.errors[b, :count])
+              for b, (t, count) in enumerate(zip(bank.times.tolist(), bank.count.tolist()))
+              if count]
+    if bank_roll is not None and len(bank_roll):
+        groups.append(("banked rollout errors", bank_roll.errors[0, :int(bank_roll.count[0])]))
+    groups += list(rollout_errors.items())
+    return [(label, len(e), float(rms(e).mean()), float(low_share(e).mean()))
+            for label, e in groups]
 
 
 def errors_table(rows) -> str:
@@ -646,7 +644,9 @@ def diagnose(args, models, sampling, world):
     setting = args.setting if args.setting in (*SETTINGS, "film") else "consistent"
     common = dict(setting=setting, seeds=args.seeds, sampling=sampling,
                   noise_seed=args.noise_seed, world=world, event_every=args.event_every)
-    bank = banked_errors(args.bank) if args.bank else None
+    bank = bank_roll = None
+    if args.bank:
+        bank, _, bank_roll = run_banks(args.bank)[1]
     md, png = (os.path.join(args.out, f"{args.diagnostic}.{e}") for e in ("md", "png"))
     if args.diagnostic == "headroom":
         clips = tuple(k for k in HEADROOM_CLIPS if k <= args.chunks)
@@ -664,9 +664,12 @@ def diagnose(args, models, sampling, world):
                             args.event_every, world) for s in range(args.seeds)]
         error = (free_video(model, reals, args.chunks, setting, sampling, args.noise_seed)
                  - real_video(reals))[:, :, T:]  # [S, C, (chunks - 1)(T - m), H, W]
-        clips = error.unflatten(2, (args.chunks - 1, T - m)).transpose(1, 2).flatten(0, 1)
-        text = errors_table(error_stats(bank, clips))  # clips: [S (chunks - 1), C, T - m, H, W]
-        error_picture(bank, clips, png)
+        clips = error.unflatten(2, (args.chunks - 1, T - m)).transpose(1, 2)  # [S, k, C, ...]
+        groups = {f"rollout, clip {k}": clips[:, k - 2] for k in HEADROOM_CLIPS
+                  if 2 <= k <= args.chunks}
+        groups[f"rollout, clips 2-{args.chunks}"] = clips.flatten(0, 1)  # [S (chunks - 1), ...]
+        text = errors_table(error_stats(bank, groups, bank_roll))
+        error_picture(bank, clips.flatten(0, 1), png)
     with open(md, "w") as f:
         f.write(f"{args.seeds} seeds, {setting}, {sampler_line(sampling)}; "
                 f"checkpoints: {', '.join(args.ckpt)}\n\n{text}")

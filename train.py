@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data import (DEFAULT_WORLD, WORLDS, ShapesSource, ShapesWorld, VideoFolder, VideoWriter,
                   to_uint8, writable_folder)
-from errors import ErrorBank, gather_from_ranks, inject, one_step_errors
+from errors import ErrorBank, conditioning_error, gather_from_ranks, inject, one_step_errors
 from flow import euler_sample, flow_loss, interpolate, sample_t, schedule, velocity_target
 from model import (PRESETS, DiTConfig, Sampling, VideoDiT, add_lora, condition, device_problems,
                    fail, load_checkpoint, merged_state_dict, not_positive, pick_device,
@@ -104,6 +104,8 @@ class TrainConfig:
                                   # (the EMA model's sampled clips minus the real ones), or both
     rollout_every: int = 4        # rollout, both: sample clips for the rollout bank this often
     rollout_steps: int = 10       # with this many sampler steps
+    rollout_chain: float = 0.0    # share of rollouts that start from motion frames carrying a
+                                  # banked rollout error: the bank then holds later clips' errors
     # sampling during training
     sample_steps: int = Sampling.steps  # sampling steps per clip (in samples and checkpoints)
     sample_eta: float = Sampling.eta    # share of the noise drawn anew per step (euler_sample)
@@ -161,6 +163,8 @@ def check(cfg: TrainConfig):
         problems.append(f"--error-source {cfg.error_source}: choose onestep, rollout or both")
     if not cfg.erft and (cfg.error_source != "onestep" or cfg.img_t_max < 1):
         problems.append("--error-source and --img-t-max choose ERFT's errors: add --erft")
+    if cfg.rollout_chain > 0 and cfg.error_source == "onestep":
+        problems.append("--rollout-chain chains rollout errors: add --error-source rollout")
     if cfg.sample_steps > 0 and cfg.img_t_max < float(schedule(cfg.sample_steps, cfg.shift)[-2]):
         problems.append(f"--img-t-max {cfg.img_t_max} is below every bucket's flow time "
                         f"({float(schedule(cfg.sample_steps, cfg.shift)[-2]):.3f} the lowest)")
@@ -183,7 +187,7 @@ def check(cfg: TrainConfig):
     if cfg.world and cfg.world not in WORLDS:
         problems.append(f"--world {cfg.world}: choose one of {', '.join(WORLDS)}")
     for name in ("p_film", "p_uncond", "p_img", "p_vid", "p_noise",
-                 "p_clean", "p_bank_clean", "sample_eta", "img_t_max"):
+                 "p_clean", "p_bank_clean", "sample_eta", "img_t_max", "rollout_chain"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"--{name.replace('_', '-')} must be within [0, 1]")
     fail(problems)
@@ -435,18 +439,25 @@ def bank_rollout_errors(run: Run, batch, cfg: TrainConfig, procs: Procs):
     """--error-source rollout or both: the EMA model samples clips from the conditions (real
     motion frames) of a quarter of the batch (of this rank's first micro-batch), with
     --rollout-steps; the last m frames minus the real ones are the error a rollout would hand the
-    next clip. They go into run.bank_roll."""
-    n = max(1, len(batch[0]) // 4)
+    next clip. They go into run.bank_roll. With --rollout-chain p, a share p of the rollouts
+    start from motion frames that carry a banked rollout error, as clip k + 1 of a video starts
+    from clip k's flawed frames: the error handed on is the old one as the model carries it,
+    plus the new one, so the bank fills with the errors of clips 1, 2, 3, ..."""
+    n, m = max(1, len(batch[0]) // 4), cfg.motion_frames
     x0, _, _, cond, ids, mask, control = (x if x is None else x[:n] for x in batch)
     seed = np.random.default_rng([cfg.seed, run.step, procs.rank, 2]).integers(2 ** 62)
     gen = torch.Generator().manual_seed(int(seed))  # a 4th word: no micro-batch's stream
+    if cfg.rollout_chain > 0 and len(run.bank_roll):
+        chained = torch.rand(n, generator=gen) < cfg.rollout_chain  # [n]
+        e = conditioning_error([run.bank_roll], n, m, gen).to(cond.device, cond.dtype)
+        cond = cond.clone()
+        cond[:, 1:, :m] += chained.view(n, 1, 1, 1, 1).to(cond) * e  # the motion slots, not mask
     with procs.autocast:
         text = run.ema.text_encoder(ids, mask)  # [n, D], once for every sampler step
         velocity = lambda x, s, c: run.ema(x, s, cond, None, None, control, text=text)  # noqa
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         clip = euler_sample(velocity, noise, cfg.rollout_steps, cfg.shift, 1.0, cfg.sample_eta,
                             gen)
-    m = cfg.motion_frames
     run.bank_roll.add((clip.float() - x0)[:, :, -m:], torch.zeros(n))  # [n, C, m, H, W]
 
 
@@ -507,6 +518,8 @@ def log_line(run: Run, cfg: TrainConfig, losses: list, seconds: float, log):
         norms = [n for n in run.bank_vid.stats()["mean_norm"] if n > 0]
         record.update(bank=len(run.bank_vid), bank_capacity=cfg.buckets * cfg.capacity,
                       error_norm=float(np.mean(norms)) if norms else 0.0)
+    if cfg.erft and cfg.error_source != "onestep":  # does --rollout-chain grow the errors?
+        record.update(rollout_error_norm=(run.bank_roll.stats()["mean_norm"] or [0.0])[0])
     print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                    for k, v in record.items()), flush=True)
     log.write(json.dumps(record) + "\n")

@@ -64,9 +64,9 @@ def meta_run(tmp_path, bank_device, **flags):
 
 def test_an_erft_training_step_stays_on_the_device_banks_included(tmp_path):
     cfg, run, procs, source = meta_run(tmp_path, "meta", error_source="both", rollout_every=1,
-                                       rollout_steps=2)
+                                       rollout_steps=2, rollout_chain=1.0)
     before = run.bank_vid.added.clone()
-    for step in range(2):  # the second injects rollout errors, banked after the first
+    for step in range(2):  # the second injects and chains rollout errors banked by the first
         loss = train.train_step(run, run.model, source, cfg, procs)
     assert loss.device == META and run.step == 2
     assert (run.bank_vid.added.sum() - before.sum()) == 4  # the steps' two errors each, filed

@@ -138,6 +138,7 @@ def test_conditioning_errors_from_low_flow_times_or_from_either_bank():
     assert conditioning_error([bank], 1, 2, G(0), t_max=0.05) is None  # no bucket that low
     rollout = ErrorBank(torch.tensor([0.0]), 8, dtype=torch.float32)
     rollout.add(torch.full((1, 3, 2, 2, 2), -1.0), torch.zeros(1))  # m frames already
-    assert torch.equal(conditioning_error([rollout], 3, 2, G(2)), torch.full((3, 3, 2, 2, 2), -1.0))
+    assert torch.equal(conditioning_error([rollout], 3, 2, G(2)),
+                       torch.full((3, 3, 2, 2, 2), -1.0))
     mixed = conditioning_error([bank, rollout], 200, 2, G(1))[:, 0, 0, 0, 0]
     assert 60 < (mixed == -1).sum() < 140 and (mixed > 0).sum() == 200 - (mixed == -1).sum()

@@ -237,7 +237,8 @@ def test_bad_eval_flags(capsys):
                                      "--video-seed", "3", "--diagnostic", "errors"]))
     err = capsys.readouterr().err
     assert "--device meta holds shapes" in err and "--diagnostic errors needs --bank" in err
-    assert exit_info.value.code == 2 and "no such file" in err and "--seeds must be positive" in err
+    assert exit_info.value.code == 2
+    assert "no such file" in err and "--seeds must be positive" in err
     assert "--eta must be in [0, 1]" in err and "--versus y: not one of the --ckpt names" in err
     assert "--shift must be positive" in err and "--video-seed must be in [0, --seeds)" in err
 
@@ -300,10 +301,14 @@ def test_error_statistics_per_bucket_on_known_errors():
     checker = (torch.arange(8)[:, None] + torch.arange(8)).remainder(2) * 2 - 1.0  # [8, 8] +-1
     bank.add(flat, torch.tensor([0.9, 0.9]))
     bank.add(checker.expand(2, 3, 4, 8, 8) * 0.25, torch.tensor([0.1, 0.1]))
-    rows = drift.error_stats(bank, checker.expand(3, 3, 4, 8, 8).clone())
-    assert [r[1] for r in rows] == [2, 2, 3]
-    np.testing.assert_allclose([r[2] for r in rows], [0.5, 0.25, 1.0], rtol=1e-5)
-    np.testing.assert_allclose([r[3] for r in rows], [1.0, 0.0, 0.0], atol=1e-6)
+    roll = ErrorBank(torch.tensor([0.0]), 4, dtype=torch.float32)
+    roll.add(torch.full((1, 3, 2, 8, 8), -0.75), torch.zeros(1))
+    rows = drift.error_stats(bank, {"clip 2": checker.expand(3, 3, 4, 8, 8).clone()}, roll)
+    assert [r[0] for r in rows] == ["banked, t = 0.90", "banked, t = 0.10",
+                                    "banked rollout errors", "clip 2"]
+    assert [r[1] for r in rows] == [2, 2, 1, 3]
+    np.testing.assert_allclose([r[2] for r in rows], [0.5, 0.25, 0.75, 1.0], rtol=1e-5)
+    np.testing.assert_allclose([r[3] for r in rows], [1.0, 0.0, 1.0, 0.0], atol=1e-6)
 
 
 def test_each_diagnostic_is_one_command(tmp_path, base_ckpt):

@@ -2,6 +2,7 @@
 import os
 import socket
 import sys
+from contextlib import nullcontext
 
 import imageio.v3 as iio
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 import sample
 import train
-from data import DEFAULT_WORLD
+from data import DEFAULT_WORLD, ShapesSource
 from flow import euler_sample
 from model import Sampling, condition, from_checkpoint, merged_state_dict, tokenize
 from conftest import run, tiny_config
@@ -71,6 +72,27 @@ def test_rollout_errors_are_banked_and_a_resumed_run_is_bitwise(tmp_path, monkey
     assert len(bank_roll) == 2 and bank_roll.errors.shape[2:] == (3, 2, 16, 16)
     stored = bank_roll.errors[0, :2].float()
     assert torch.isfinite(stored).all() and (stored.abs().amax(dim=(1, 2, 3, 4)) > 0).all()
+
+
+@pytest.mark.parametrize("chain", [0.0, 1.0])
+def test_a_chained_rollout_starts_from_motion_frames_carrying_a_banked_error(tmp_path, chain):
+    cfg = tiny_config(tmp_path, batch_size=4, erft=True, error_source="rollout",
+                      rollout_chain=chain, rollout_steps=2)
+    run = train.build(cfg, "cpu")
+    run.bank_roll.add(torch.full((1, 3, 2, 16, 16), 0.5), torch.zeros(1))  # one banked error
+    seen, forward = [], run.ema.forward
+    run.ema.forward = lambda x, t, cond, *a, **k: seen.append(cond) or forward(x, t, cond, *a, **k)
+    procs = train.Procs(rank=0, world_size=1, device="cpu", micro=4, accum=1,
+                        autocast=nullcontext())
+    batch = train.make_batch(ShapesSource(16, 2, DEFAULT_WORLD), cfg, 4, np.random.default_rng(0),
+                             torch.Generator().manual_seed(0), run.ema.cfg.text_len, "cpu")
+    train.bank_rollout_errors(run, batch, cfg, procs)
+    real = batch[3][:1]  # a quarter of the batch rolls out; [1, 1 + C, T, H, W]
+    assert len(seen) == 2 and all(torch.equal(c, seen[0]) for c in seen)  # one per sampler step
+    assert torch.equal(seen[0][:, 1:, :2], real[:, 1:, :2] + 0.5 * chain)  # the motion slots
+    assert torch.equal(seen[0][:, :1], real[:, :1])  # the mask
+    assert torch.equal(seen[0][:, :, 2:], real[:, :, 2:])  # the anchor
+    assert len(run.bank_roll) == 2
 
 
 def test_checkpoint_of_another_clip_size_is_rejected(tmp_path, base_ckpt, capsys):
@@ -195,6 +217,8 @@ def test_start_from_an_image_with_a_prompt(tmp_path, base_ckpt):
     (["--error-source", "dreams"], "--error-source dreams: choose onestep, rollout or both"),
     (["--img-t-max", "2"], "--img-t-max must be within [0, 1]"),
     (["--error-source", "rollout"], "--error-source and --img-t-max choose ERFT's errors"),
+    (["--rollout-chain", "1.5"], "--rollout-chain must be within [0, 1]"),
+    (["--erft", "--rollout-chain", "0.5"], "--rollout-chain chains rollout errors: add"),
     (["--erft", "--img-t-max", "0.01"], "--img-t-max 0.01 is below every bucket's flow time"),
     (["--precision", "fp8"], "--precision fp8: choose auto, bf16 or fp32"),
     (["--device", "meta"], "--device meta holds shapes, not values"),
@@ -286,5 +310,6 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_noise_augmented_baseline_and_size_flags(tmp_path):
     model, *_ = train.main(tiny_config(tmp_path, cond_noise=0.3, width=32, depth=1,
                                             heads=1, patch_t=1, patch_s=2))
-    assert (model.cfg.width, model.cfg.depth, model.cfg.patch_t, model.cfg.patch_s) == (32, 1, 1, 2)
+    sizes = (model.cfg.width, model.cfg.depth, model.cfg.patch_t, model.cfg.patch_s)
+    assert sizes == (32, 1, 1, 2)
     assert os.path.exists(tmp_path / "ckpt.pt")
