@@ -6,8 +6,6 @@ eval.py: the drift benchmark. Do long rollouts stay like the world, clip after c
     python eval.py --quick --ckpt base=out/ckpt.pt            # a small, fast run
     python eval.py --setting consistent --chunks 1 --seeds 64 --noise-seed 1 \
         --ckpt base=checkpoints/base.pt          # the first-clip check, another draw of noise
-    python eval.py --setting none --recycled runs/erft/ckpt.pt --ckpt clean=runs/clean/ckpt.pt \
-        --ckpt erft=runs/erft/ckpt.pt            # the loss with an ERFT run's banked errors
 
 and the three diagnostics that say why a method wins or not (DESIGN.md section 6), each writing
 DIAGNOSTIC.md and DIAGNOSTIC.png to --out:
@@ -47,9 +45,6 @@ network:
   dynamics    centroid acceleration, pixels/frame^2 (constant velocity: 0)        ideal ~0
   control     distance of shape 0 to its control keypoint, pixels (conditional)   ideal 0
 
---recycled adds a check of what ERFT trains for: each model's flow loss on fresh training batches,
-as they are and with the errors banked by an ERFT run injected.
-
 Outputs in --out: results.md (mean and 95% interval over seeds, first clip, last clip, drift),
 curves.png (each metric per clip), side_by_side_SETTING.mp4 (real | each method, for the world
 --video-seed) and scores_SETTING.npz (every value per seed and clip, keyed "method/metric").
@@ -62,13 +57,13 @@ import imageio.v3 as iio
 import numpy as np
 import torch
 
-from data import (BACKGROUNDS, COLOURS, DEFAULT_WORLD, KINDS, PALETTE, WORLDS, ShapesSource,
-                  ShapesWorld, VideoWriter, to_uint8, to_unit, writable_folder)
+from data import (BACKGROUNDS, COLOURS, DEFAULT_WORLD, KINDS, PALETTE, WORLDS, ShapesWorld,
+                   VideoWriter, to_uint8, to_unit, writable_folder)
 from errors import ErrorBank
 from model import (condition, device_problems, fail, from_checkpoint, load_checkpoint,
                    not_positive, pick_device)
 from sample import add_sampler_flags, generate_clip, rollout, sampler_problems, settings
-from train import batch_loss, config_of, inject_errors, make_batch
+from train import config_of
 
 OFF_PALETTE = 48.0   # RGB distance beyond which a pixel matches no palette colour
 MIN_AREA = 3         # pixels a connected blob needs to count as an object
@@ -272,42 +267,6 @@ def run_banks(path):
         if key in ckpt:
             bank.load_state_dict(ckpt[key])
     return cfg, banks
-
-
-@torch.no_grad()
-def recycled_losses(models, run_path, batches=20):
-    """The flow loss of each model on fresh training batches of the world, as they are and with
-    the errors of an ERFT run's banks (run_path: its ckpt.pt) injected as that run trained (its
-    gates, no clean gate); the same batches and errors for every model. -> {name: [batches, 2]}"""
-    cfg, banks = run_banks(run_path)
-    some = next(iter(models.values()))
-    if (cfg.frames, cfg.resolution) != (some.cfg.frames, some.cfg.resolution):
-        raise ValueError(f"{run_path}: clips of --frames {cfg.frames} --resolution "
-                         f"{cfg.resolution}, the models' are {some.cfg.frames}, "
-                         f"{some.cfg.resolution}")
-    source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.world)
-    device = next(some.parameters()).device
-    losses = {name: np.zeros((batches, 2)) for name in models}
-    for i in range(batches):
-        rng = np.random.default_rng([cfg.seed, i, 0, 1])  # a 4th word: no training step's seed
-        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        batch = make_batch(source, cfg, cfg.batch_size, rng, gen, some.cfg.text_len, device)
-        injected = inject_errors(batch, banks, cfg, gen, p_clean=0.0)[0]
-        for name, model in models.items():
-            for j, errors in enumerate((None, injected)):  # as they are, with errors
-                losses[name][i, j] = batch_loss(model, batch, errors)[0].item()
-    return losses
-
-
-def recycled_table(losses, run_path) -> str:
-    lines = ["### recycled errors", "",
-             f"Flow loss on {len(next(iter(losses.values())))} fresh training batches, as they "
-             f"are and with the errors banked by {run_path} injected [95% interval over batches]:",
-             "", "| method | clean inputs | recycled errors |", "|---|---|---|"]
-    for name, per_batch in losses.items():
-        cells = [f"{m:.4f} [{m - h:.4f}, {m + h:.4f}]" for m, h in map(interval, per_batch.T)]
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
-    return "\n".join(lines) + "\n"
 
 
 # -----------------------------------------------------------------------------
@@ -686,9 +645,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
                    help="a checkpoint to score (repeat the flag for several)")
-    p.add_argument("--setting", choices=["all", *SETTINGS, "film", "none"], default="all",
-                   help="film: consistent without the anchor; none: no rollouts (with "
-                        "--recycled, its table alone)")
+    p.add_argument("--setting", choices=["all", *SETTINGS, "film"], default="all",
+                   help="film: consistent without the anchor")
     p.add_argument("--diagnostic", choices=["headroom", "response", "errors"], default=None,
                    help="instead of the benchmark, one diagnostic (DESIGN.md 6):\n"
                         "headroom: each clip teacher-forced against free-running, clips 1-10 "
@@ -697,8 +655,6 @@ def parse_args(argv=None):
                         "the first model's rollout errors")
     p.add_argument("--bank", default="", metavar="RUN/ckpt.pt",
                    help="the error banks of an ERFT run (for --diagnostic response, errors)")
-    p.add_argument("--recycled", default="", metavar="RUN/ckpt.pt",
-                   help="also: each model's flow loss with the errors banked by this ERFT run")
     p.add_argument("--seeds", type=int, default=16, help="rollouts (worlds) per setting")
     p.add_argument("--world", choices=list(WORLDS), default=None,
                    help="the kind of world (default: the first checkpoint's training world)")
@@ -735,9 +691,8 @@ def check(args) -> list:
         problems.append("--diagnostic errors needs --bank RUN/ckpt.pt (an ERFT run's)")
     if args.diagnostic == "errors" and args.chunks < 2:
         problems.append("--diagnostic errors needs --chunks 2 or more")
-    for flag in ("bank", "recycled"):
-        if getattr(args, flag) and not os.path.isfile(getattr(args, flag)):
-            problems.append(f"--{flag} {getattr(args, flag)}: no such file")
+    if args.bank and not os.path.isfile(args.bank):
+        problems.append(f"--bank {args.bank}: no such file")
     if not writable_folder(args.out):
         problems.append(f"--out {args.out}: not a writable folder")
     problems += device_problems(args.device)
@@ -770,14 +725,8 @@ def main(args):
             return diagnose(args, models, sampling, world)
         except ValueError as err:
             fail([str(err)])
-    chosen = {"all": SETTINGS, "none": []}.get(args.setting, [args.setting])
+    chosen = SETTINGS if args.setting == "all" else [args.setting]
     all_scores, report = {}, []
-    if args.recycled:
-        try:
-            report.append(recycled_table(recycled_losses(models, args.recycled), args.recycled))
-        except ValueError as err:
-            fail([str(err)])
-        print(report[-1], flush=True)
     for setting in chosen:
         video = os.path.join(args.out, f"side_by_side_{setting}.mp4")
         all_scores[setting] = evaluate(models, setting, args.seeds, args.chunks, args.event_every,
@@ -792,8 +741,7 @@ def main(args):
         f.write(f"{args.seeds} seeds x {args.chunks} clips, {sampler_line(sampling)}, "
                 f"noise seed {args.noise_seed}; checkpoints: {', '.join(args.ckpt)}\n\n"
                 + "\n".join(report))
-    if all_scores:
-        plot(all_scores, os.path.join(args.out, "curves.png"))
+    plot(all_scores, os.path.join(args.out, "curves.png"))
     return all_scores
 
 

@@ -389,7 +389,7 @@ def batch_loss(net, batch, injected=None, autocast=nullcontext()):
     return flow_loss(v_hat, v_target), v_hat, v_target  # the loss in fp32 under autocast too
 
 
-def inject_errors(batch, banks, cfg: TrainConfig, gen, p_clean: float):
+def inject_errors(batch, banks, cfg: TrainConfig, gen):
     """errors.inject on a batch as cfg trains (its gates, the source of its conditioning error):
     paper Eq. 3, the model's own errors in its inputs; Eq. 6, the target still the clean clip.
     banks: bank_vid, bank_noise, bank_roll. -> (x_t, v*, cond), the clean gates [B]."""
@@ -398,7 +398,7 @@ def inject_errors(batch, banks, cfg: TrainConfig, gen, p_clean: float):
     img_banks = dict(onestep=[bank_vid], rollout=[bank_roll], both=[bank_vid, bank_roll])
     *injected, clean = inject(
         x0, noise, cond, t, bank_vid, bank_noise, gen, p_img=cfg.p_img, p_vid=cfg.p_vid,
-        p_noise=cfg.p_noise, p_clean=p_clean, motion_frames=cfg.motion_frames,
+        p_noise=cfg.p_noise, p_clean=cfg.p_clean, motion_frames=cfg.motion_frames,
         img_banks=img_banks[cfg.error_source], img_t_max=cfg.img_t_max)
     return injected, clean
 
@@ -408,8 +408,8 @@ def forward_backward(net, batch, run: Run, cfg: TrainConfig, gen, procs: Procs):
     banked errors, and the step's own one-step errors are returned for the banks, else None."""
     injected, clean = None, None
     if cfg.erft:
-        injected, clean = inject_errors(batch, (run.bank_vid, run.bank_noise, run.bank_roll), cfg,
-                                        gen, cfg.p_clean)
+        banks = run.bank_vid, run.bank_noise, run.bank_roll
+        injected, clean = inject_errors(batch, banks, cfg, gen)
     loss, v_hat, v_target = batch_loss(net, batch, injected, procs.autocast)
     (loss / procs.accum).backward()
     if not cfg.erft:

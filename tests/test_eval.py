@@ -216,20 +216,6 @@ def test_paired_difference_rows():
     assert "real - clean" not in text and "clean - clean" not in text
 
 
-def test_recycled_losses_use_the_run_banks(tmp_path, base_ckpt, capsys):
-    run = tmp_path / "erft"
-    train.main(tiny_config(run, steps=3, erft=True, init_from=base_ckpt, p_clean=0.0))
-    model = from_checkpoint(base_ckpt)
-    losses = drift.recycled_losses({"a": model, "b": model}, str(run / "ckpt.pt"), batches=2)
-    assert losses["a"].shape == (2, 2) and np.isfinite(losses["a"]).all()
-    np.testing.assert_array_equal(losses["a"], losses["b"])  # the same batches and errors
-    assert (losses["a"][:, 1] != losses["a"][:, 0]).all()  # the errors change what it sees
-    with pytest.raises(SystemExit) as exit_info:  # a run without banks: a clear refusal
-        drift.main(drift.parse_args(["--ckpt", base_ckpt, "--setting", "none", "--recycled",
-                                     base_ckpt, "--out", str(tmp_path / "out")]))
-    assert exit_info.value.code == 2 and "no error banks" in capsys.readouterr().err
-
-
 def test_bad_eval_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         drift.main(drift.parse_args(["--ckpt", "x=missing.pt", "--seeds", "0", "--eta", "-1",
