@@ -7,7 +7,7 @@ eval.py: the drift benchmark. Do long rollouts stay like the world, clip after c
     python eval.py --setting consistent --chunks 1 --seeds 64 --noise-seed 1 \
         --ckpt base=checkpoints/base.pt          # the first-clip check, another draw of noise
 
-and the three diagnostics that say why a method wins or not (DESIGN.md section 6), each writing
+and the three diagnostics that say why a method wins or not (docs/measuring-drift.md), each writing
 DIAGNOSTIC.md and DIAGNOSTIC.png to --out:
 
     python eval.py --diagnostic headroom --ckpt clean=runs/clean/ckpt.pt   # exposure bias
@@ -270,7 +270,7 @@ def run_banks(path):
 
 
 # -----------------------------------------------------------------------------
-# Diagnostics: why a method wins or not (DESIGN.md section 6)
+# Diagnostics: why a method wins or not (docs/measuring-drift.md)
 
 HEADROOM_CLIPS = (*range(1, 11), 50)  # the clips the headroom table shows (1-based)
 STRENGTHS = (0.0, 0.5, 1.0, 2.0)      # the response's error sizes, in units of a rollout error
@@ -648,7 +648,7 @@ def parse_args(argv=None):
     p.add_argument("--setting", choices=["all", *SETTINGS, "film"], default="all",
                    help="film: consistent without the anchor")
     p.add_argument("--diagnostic", choices=["headroom", "response", "errors"], default=None,
-                   help="instead of the benchmark, one diagnostic (DESIGN.md 6):\n"
+                   help="instead of the benchmark, one diagnostic:\n"
                         "headroom: each clip teacher-forced against free-running, clips 1-10 "
                         "and 50\nresponse: the next clip's error against an error put on the "
                         "real motion frames\nerrors: banked one-step errors (--bank) against "
