@@ -19,9 +19,9 @@ DIAGNOSTIC.md and DIAGNOSTIC.png to --out:
   against free-running (on the model's own previous clip); the gap is the exposure bias, all
   that any anti-drift method can remove;
 - response: the next clip's RMS error against the real one when an error is put on the real
-  motion frames (the model's own rollout error, banked one-step errors, Gaussian noise) at 0, 0.5,
-  1 and 2 times the size of a rollout error; the slope says whether it corrects (< 1) or
-  amplifies (> 1) what it is given;
+  motion frames (the model's own rollout error, banked one-step errors, Gaussian noise, a shape
+  erased that the anchor still shows) at 0, 0.5, 1 and 2 times the size of a rollout error; the
+  slope says whether it corrects (< 1) or amplifies (> 1) what it is given;
 - errors: banked one-step errors per flow-time bucket (and banked rollout errors, if the run has
   any) against rollout errors per clip: RMS, the share of energy at low spatial frequency, and a
   picture of a few of each.
@@ -362,15 +362,32 @@ def rms(x, dims=(1, 2, 3, 4)):
     return x.float().pow(2).mean(dim=dims).sqrt()
 
 
-def put_error(source, own, bank, shape, seed):
-    """An error of one source, RMS 1 per sample, [S, C, m, H, W]: the model's own rollout error
-    (own), banked one-step errors (a window of the clip's first m frames) or Gaussian noise,
-    drawn from a generator of its own (seed), so every model is given the same errors."""
-    gen = torch.Generator().manual_seed(seed)
+def vanish(real):
+    """The error that erases a shape from each seed's real motion frames [S, C, m, H, W]: the
+    pixels of its second most common colour (a shape's; the first is the background) painted in
+    the first. The anchor still shows the shape: can the model bring it back?"""
+    e = torch.zeros_like(real)
+    for s, frames in enumerate(real):
+        colours, counts = frames.flatten(1).T.unique(dim=0, return_counts=True)  # [n, C], [n]
+        if len(colours) > 1:
+            top = colours[counts.argsort(descending=True)[:2]]  # [2, C]
+            background, shape = top.view(2, -1, 1, 1, 1)  # each [C, 1, 1, 1]
+            e[s] = (background - frames) * (frames == shape).all(0)  # [C, m, H, W]
+    return e
+
+
+def put_error(source, own, bank, real, seed):
+    """An error of one source, RMS 1 per sample, of the shape of the real motion frames
+    [S, C, m, H, W]: the model's own rollout error (own), banked one-step errors (a window of the
+    clip's first m frames), Gaussian noise or a vanished shape, drawn from a generator of its own
+    (seed), so every model is given the same errors."""
+    gen, shape = torch.Generator().manual_seed(seed), real.shape
     if source == "rollout":
         e = own
     elif source == "banked":
         e = bank.sample_pooled(shape[0], gen)[:, :, :shape[2]]
+    elif source == "vanish":
+        e = vanish(real)
     else:
         e = torch.randn(shape, generator=gen)
     return e / rms(e).clamp_min(1e-8).view(-1, 1, 1, 1, 1)  # [S] -> [S, 1, 1, 1, 1]
@@ -381,7 +398,7 @@ def response(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD
              boundaries=(2, 3, 4), event_every=5):
     """What an error on the real motion frames of clip k (k in boundaries) does to clip k: per
     model and source of error (its own rollout error, banked one-step errors from `bank`, an
-    ErrorBank, or Gaussian noise), scaled to STRENGTHS x `unit`, the RMS of the first model's
+    ErrorBank, Gaussian noise, or a shape erased: see vanish), scaled to STRENGTHS x `unit`, the RMS of the first model's
     rollout errors, the mean over clips and seeds of: the RMS error put in (after clipping to
     [-1, 1]), the next clip's RMS error against the real clip, and the RMS change of the next
     clip from the one made with no error (same noise: what the error itself caused).
@@ -397,7 +414,7 @@ def response(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD
                            noise_seed) - real_frames
         own[name] = {k: error[:, :, (k - 1) * (T - m):(k - 1) * (T - m) + m] for k in boundaries}
     unit = float(torch.stack([rms(e) for e in next(iter(own.values())).values()]).mean())
-    sources = ["rollout"] + (["banked"] if bank is not None else []) + ["gaussian"]
+    sources = ["rollout"] + (["banked"] if bank is not None else []) + ["gaussian", "vanish"]
     out = {name: {source: {key: np.zeros(len(STRENGTHS)) for key in ("put", "error", "change")}
                   for source in sources} for name in models}
     for k in boundaries:
@@ -406,7 +423,7 @@ def response(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD
         for name, model in models.items():
             for j, source in enumerate(sources):
                 seed = noise_seed * 1009 + 31 * k + j
-                e = put_error(source, own[name][k], bank, real.shape, seed)
+                e = put_error(source, own[name][k], bank, real, seed)
                 clean = None
                 for i, strength in enumerate(STRENGTHS):
                     given = (real + unit * strength * e).clamp(-1, 1)
@@ -577,7 +594,8 @@ def diagnostic_plot(kind, result, path, clips=HEADROOM_CLIPS):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    panels = ("count", "palette") if kind == "headroom" else ("rollout", "banked", "gaussian")
+    panels = ("count", "palette") if kind == "headroom" else ("rollout", "banked", "gaussian",
+                                                               "vanish")
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8))
     for ax, panel in zip(axes, panels):
         for i, (name, runs) in enumerate(result.items()):

@@ -273,12 +273,22 @@ def test_response_slope_is_one_for_a_copy_and_zero_when_the_anchor_decides():
     models = {"motion": CopyModel("motion", 0.02), "anchor": CopyModel("anchor", 0.02)}
     result, unit = drift.response(models, "consistent", 3, SAMPLING, world=STILL)
     assert unit == pytest.approx(0.02 * 2, rel=1e-4)  # the offset after 1, 2, 3 clips: mean 2
-    for source in ("rollout", "gaussian"):  # a copy passes on what it is given: gain 1
+    for source in ("rollout", "gaussian", "vanish"):  # a copy passes on what it is given: gain 1
         assert drift.slope(result["motion"][source]) == pytest.approx(1.0, abs=0.05), source
         assert abs(drift.slope(result["anchor"][source])) < 1e-3  # the anchor decides: gain 0
     put = result["motion"]["rollout"]["put"]
     np.testing.assert_allclose(put, np.array(drift.STRENGTHS) * unit, rtol=0.02)  # clipped at 1
     assert "| motion | rollout |" in drift.response_table(result, unit)
+
+
+def test_vanish_erases_the_largest_shape_and_nothing_else():
+    real = torch.full((1, 3, 2, 8, 8), -1.0)  # [S, C, m, H, W], a black background
+    real[0, 0, :, :3, :3] = 1.0               # a red square, 9 pixels a frame
+    real[0, 1, :, 5:7, 5:7] = 1.0             # a green one, 4 pixels
+    erased = real + drift.vanish(real)
+    assert (erased[0, :, :, :3, :3] == -1).all()                 # red is gone
+    assert torch.equal(erased[0, :, :, 3:], real[0, :, :, 3:])   # the rest is untouched
+    assert drift.vanish(torch.full((1, 3, 2, 8, 8), 0.5)).abs().max() == 0  # no shape: no error
 
 
 def test_error_statistics_per_bucket_on_known_errors():
