@@ -398,10 +398,11 @@ def response(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD
              boundaries=(2, 3, 4), event_every=5):
     """What an error on the real motion frames of clip k (k in boundaries) does to clip k: per
     model and source of error (its own rollout error, banked one-step errors from `bank`, an
-    ErrorBank, Gaussian noise, or a shape erased: see vanish), scaled to STRENGTHS x `unit`, the RMS of the first model's
-    rollout errors, the mean over clips and seeds of: the RMS error put in (after clipping to
-    [-1, 1]), the next clip's RMS error against the real clip, and the RMS change of the next
-    clip from the one made with no error (same noise: what the error itself caused).
+    ErrorBank, Gaussian noise, or a shape erased: see vanish), scaled to STRENGTHS x `unit`,
+    the RMS of the first model's rollout errors, the mean over clips and seeds of: the RMS error
+    put in (after clipping to [-1, 1]), the next clip's RMS error against the real clip, and the
+    RMS change of the next clip from the one made with no error (same noise: what the error
+    itself caused).
     -> ({name: {source: {"put" | "error" | "change": [len(STRENGTHS)]}}}, unit)."""
     some = next(iter(models.values()))
     T, m, res = some.cfg.frames, some.sampling.motion_frames, some.cfg.resolution
