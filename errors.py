@@ -185,6 +185,23 @@ def conditioning_error(banks, n: int, m: int, generator, t_max: float = 1.0):
     return torch.stack(windows)[pick, torch.arange(n)]                  # [n, C, m, H, W]
 
 
+def vanish(motion):
+    """The lost-shape error of the shapes world, for the motion frames [B, C, m, H, W] of each
+    sample: the pixels of their second most common colour (the largest shape's; the first is the
+    background) painted in the first. Added to the motion frames, it erases that shape while the
+    anchor still shows it. Rollouts lose shapes (the count error), but one-step errors are blurs
+    and casts that never do; eval.py measures whether a model restores the shape, and train.py
+    --p-vanish trains it to. Flat colours only: on real video it is meaningless."""
+    e = torch.zeros_like(motion)
+    for s, frames in enumerate(motion):
+        colours, counts = frames.flatten(1).T.unique(dim=0, return_counts=True)  # [n, C], [n]
+        if len(colours) > 1:
+            top = colours[counts.argsort(descending=True)[:2]]  # [2, C]
+            background, shape = top.view(2, -1, 1, 1, 1)  # each [C, 1, 1, 1]
+            e[s] = (background - frames) * (frames == shape).all(0)  # [C, m, H, W]
+    return e
+
+
 def gather_from_ranks(*tensors):
     """All ranks' tensors concatenated on dim 0 (for the first warm-up steps, every rank banks
     the errors of all ranks, as the official code does); a single process returns them as is."""

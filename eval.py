@@ -21,7 +21,8 @@ DIAGNOSTIC.md and DIAGNOSTIC.png to --out:
 - response: the next clip's RMS error against the real one when an error is put on the real
   motion frames (the model's own rollout error, banked one-step errors, Gaussian noise, a shape
   erased that the anchor still shows) at 0, 0.5, 1 and 2 times the size of a rollout error; the
-  slope says whether it corrects (< 1) or amplifies (> 1) what it is given;
+  slope says whether it corrects (< 1) or amplifies (> 1) what it is given, and the next clip's
+  count error whether an erased shape comes back;
 - errors: banked one-step errors per flow-time bucket (and banked rollout errors, if the run has
   any) against rollout errors per clip: RMS, the share of energy at low spatial frequency, and a
   picture of a few of each.
@@ -59,7 +60,7 @@ import torch
 
 from data import (BACKGROUNDS, COLOURS, DEFAULT_WORLD, KINDS, PALETTE, WORLDS, ShapesWorld,
                    VideoWriter, to_uint8, to_unit, writable_folder)
-from errors import ErrorBank
+from errors import ErrorBank, vanish
 from model import (condition, device_problems, fail, from_checkpoint, load_checkpoint,
                    not_positive, pick_device)
 from sample import add_sampler_flags, generate_clip, rollout, sampler_problems, settings
@@ -362,20 +363,6 @@ def rms(x, dims=(1, 2, 3, 4)):
     return x.float().pow(2).mean(dim=dims).sqrt()
 
 
-def vanish(real):
-    """The error that erases a shape from each seed's real motion frames [S, C, m, H, W]: the
-    pixels of its second most common colour (a shape's; the first is the background) painted in
-    the first. The anchor still shows the shape: can the model bring it back?"""
-    e = torch.zeros_like(real)
-    for s, frames in enumerate(real):
-        colours, counts = frames.flatten(1).T.unique(dim=0, return_counts=True)  # [n, C], [n]
-        if len(colours) > 1:
-            top = colours[counts.argsort(descending=True)[:2]]  # [2, C]
-            background, shape = top.view(2, -1, 1, 1, 1)  # each [C, 1, 1, 1]
-            e[s] = (background - frames) * (frames == shape).all(0)  # [C, m, H, W]
-    return e
-
-
 def put_error(source, own, bank, real, seed):
     """An error of one source, RMS 1 per sample, of the shape of the real motion frames
     [S, C, m, H, W]: the model's own rollout error (own), banked one-step errors (a window of the
@@ -400,10 +387,10 @@ def response(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD
     model and source of error (its own rollout error, banked one-step errors from `bank`, an
     ErrorBank, Gaussian noise, or a shape erased: see vanish), scaled to STRENGTHS x `unit`,
     the RMS of the first model's rollout errors, the mean over clips and seeds of: the RMS error
-    put in (after clipping to [-1, 1]), the next clip's RMS error against the real clip, and the
+    put in (after clipping to [-1, 1]), the next clip's RMS error against the real clip, the
     RMS change of the next clip from the one made with no error (same noise: what the error
-    itself caused).
-    -> ({name: {source: {"put" | "error" | "change": [len(STRENGTHS)]}}}, unit)."""
+    itself caused), and the next clip's object count error.
+    -> ({name: {source: {"put" | "error" | "change" | "count": [len(STRENGTHS)]}}}, unit)."""
     some = next(iter(models.values()))
     T, m, res = some.cfg.frames, some.sampling.motion_frames, some.cfg.resolution
     reals = [real_clips(s, setting, max(boundaries), T, m, res, event_every, world)
@@ -416,7 +403,8 @@ def response(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD
         own[name] = {k: error[:, :, (k - 1) * (T - m):(k - 1) * (T - m) + m] for k in boundaries}
     unit = float(torch.stack([rms(e) for e in next(iter(own.values())).values()]).mean())
     sources = ["rollout"] + (["banked"] if bank is not None else []) + ["gaussian", "vanish"]
-    out = {name: {source: {key: np.zeros(len(STRENGTHS)) for key in ("put", "error", "change")}
+    out = {name: {source: {key: np.zeros(len(STRENGTHS)) for key in ("put", "error", "change",
+                                                                      "count")}
                   for source in sources} for name in models}
     for k in boundaries:
         real = motion_before(reals, k, T, m)
@@ -434,7 +422,15 @@ def response(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD
                     row["put"][i] += float(rms(given - real).mean()) / len(boundaries)
                     row["error"][i] += float(rms(new - target).mean()) / len(boundaries)
                     row["change"][i] += float(rms(new - clean).mean()) / len(boundaries)
+                    row["count"][i] += count_error(new, reals, k) / len(boundaries)
     return out, unit
+
+
+def count_error(new, reals, k):
+    """The object count error of every seed's clip k (its new frames [S, C, T', H, W]) against
+    the real one, the mean over seeds: did an erased shape come back?"""
+    return float(np.mean([score_clip(to_uint8(v), c[k - 1]["frames"], c[k - 1]["background"])
+                          ["count"] for v, (_, c) in zip(new, reals)]))
 
 
 def slope(row):
@@ -450,13 +446,17 @@ def response_table(result, unit) -> str:
              f"{unit:.3f} "
              "(the first model's rollout error) is put on the real motion frames; the gain is the "
              "slope of the change it makes to the next clip against its size: under 1 the model "
-             "corrects what it is given, over 1 it amplifies it.", "",
-             "| model | error | " + " | ".join(f"s = {s:g}" for s in STRENGTHS) + " | gain |",
-             "|---|---|" + "---|" * (len(STRENGTHS) + 1)]
+             "corrects what it is given, over 1 it amplifies it. The count error is the next "
+             "clip's: does an erased shape come back? (Vanish at s = 2 erases it whole when twice "
+             "a rollout error outweighs the shape, on a black background.)", "",
+             "| model | error | " + " | ".join(f"s = {s:g}" for s in STRENGTHS) + " | gain | "
+             "count error, s = " + " / ".join(f"{s:g}" for s in STRENGTHS) + " |",
+             "|---|---|" + "---|" * (len(STRENGTHS) + 2)]
     for name, rows in result.items():
         for source, row in rows.items():
             lines.append(f"| {name} | {source} | " + " | ".join(f"{v:.3f}" for v in row["error"])
-                         + f" | {slope(row):.2f} |")
+                         + f" | {slope(row):.2f} | "
+                         + " / ".join(f"{v:.2f}" for v in row["count"]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,9 +7,10 @@ previous clip (its "motion frames") and, in shot mode, on the anchor image (in f
 zeros, so the scene may change with the prompt). The first clip starts from a frame of the
 synthetic world (or --image). The m overlapping frames are dropped when clips are joined, so N
 clips of T frames make N * (T - m) + m frames. Frames go to disk as each clip finishes: memory does
-not grow with N, and Ctrl-C leaves a playable video of the clips done so far.
+not grow with N, and Ctrl-C leaves a playable video of the clips done so far. Next to the video,
+a strip (out/video.png) holds the last frame of clip 1 and of every fifth of the video.
 
-    python sample.py --chunks 50                 # out/video.mp4 from the shipped base model
+    python sample.py --chunks 50                 # out/video.mp4 from the best shipped model
     python sample.py --chunks 20 --ckpt out/ckpt.pt           # from your own training run
     python sample.py --chunks 50 --mode film --prompts story.txt --out story.mp4
     python sample.py --chunks 10 --control world              # shape 0 follows the world's path
@@ -21,6 +22,7 @@ import dataclasses
 import os
 import signal
 
+import imageio.v3 as iio
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -31,7 +33,7 @@ from model import (Sampling, condition, device_problems, fail, from_checkpoint, 
                    pick_device, tokenize)
 
 
-DEFAULT_CKPT = "checkpoints/base.pt"
+DEFAULT_CKPT = "checkpoints/erft_lowt.pt"  # ERFT, conditioning errors at t <= 0.3 (README)
 
 
 def settings(model, **given) -> Sampling:
@@ -215,16 +217,29 @@ def main(args):
     writer = VideoWriter(args.out, args.fps, args.scale)
     clips = rollout(model, first, anchor, prompts, controls, args.chunks, generator,
                     steps=args.steps, shift=args.shift, guidance=args.guidance, eta=args.eta)
+    marks, stills, png = strip_clips(args.chunks), [], os.path.splitext(args.out)[0] + ".png"
     with stop_after_the_clip() as stop:
         try:
-            for clip in tqdm(clips, total=args.chunks, desc="clips", unit="clip"):
-                writer.write(to_uint8(clip[0]))
+            for k, clip in enumerate(tqdm(clips, total=args.chunks, desc="clips", unit="clip")):
+                frames = to_uint8(clip[0])                              # [T, H, W, 3]
+                writer.write(frames)
+                stills += [frames[-1]] if k + 1 in marks else []
                 if stop:
                     print("interrupted: keeping the clips finished so far")
                     break
         finally:
             writer.close()
-    print(f"wrote {args.out}: {writer.frames} frames")
+            if stills:
+                strip = np.concatenate(stills, axis=1)                  # [H, n W, 3]
+                iio.imwrite(png, strip.repeat(args.scale, 0).repeat(args.scale, 1))
+    print(f"wrote {args.out}: {writer.frames} frames" +
+          (f"; {png}: the last frames of clips {marks[:len(stills)]}" if stills else ""))
+
+
+def strip_clips(chunks: int) -> list[int]:
+    """The clips (1-based) whose last frame goes in the strip: the first, then every fifth of the
+    video (1, 10, 20, 30, 40, 50 for 50 clips)."""
+    return sorted({1, *(round(chunks * i / 5) for i in range(1, 6))} - {0})
 
 
 if __name__ == "__main__":

@@ -37,7 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from data import (DEFAULT_WORLD, WORLDS, ShapesSource, ShapesWorld, VideoFolder, VideoWriter,
                   to_uint8, writable_folder)
-from errors import ErrorBank, conditioning_error, gather_from_ranks, inject, one_step_errors
+from errors import (ErrorBank, conditioning_error, gather_from_ranks, inject, one_step_errors,
+                    vanish)
 from flow import euler_sample, flow_loss, interpolate, sample_t, schedule, velocity_target
 from model import (PRESETS, DiTConfig, Sampling, VideoDiT, add_lora, condition, device_problems,
                    fail, load_checkpoint, merged_state_dict, not_positive, pick_device,
@@ -86,6 +87,9 @@ class TrainConfig:
     shift: float = 1.0            # schedule shift of training and sampling times (flow.shift_t)
     cond_noise: float = 0.0       # > 0: Gaussian noise of std U(0, this) on the motion frames,
                                   # the handcrafted anti-drift of GameNGen / DIAMOND (a baseline)
+    p_vanish: float = 0.0         # > 0: the lost-shape error: erase the largest shape from the
+                                  # motion frames of this share of clips (errors.vanish), so the
+                                  # anchor (or in film mode the prompt) must restore it
     # error recycling (errors.py)
     erft: bool = False            # inject banked errors into the inputs
     p_img: float = 0.9            # gate of the conditioning (motion-frame) error
@@ -179,6 +183,8 @@ def check(cfg: TrainConfig):
     if cfg.export and (not cfg.export.endswith(".pt") or
                        not writable_folder(os.path.dirname(cfg.export) or ".")):
         problems.append(f"--export {cfg.export}: give a .pt path in a writable folder")
+    if cfg.p_vanish > 0 and cfg.data != "shapes":
+        problems.append("--p-vanish erases flat-coloured shapes: it needs --data shapes")
     if cfg.data != "shapes" and not os.path.isdir(cfg.data):
         problems.append(f"--data {cfg.data}: no such folder (or use --data shapes)")
     if cfg.precision not in ("auto", "bf16", "fp32"):
@@ -186,8 +192,8 @@ def check(cfg: TrainConfig):
     problems += device_problems(cfg.device)
     if cfg.world and cfg.world not in WORLDS:
         problems.append(f"--world {cfg.world}: choose one of {', '.join(WORLDS)}")
-    for name in ("p_film", "p_uncond", "p_img", "p_vid", "p_noise",
-                 "p_clean", "p_bank_clean", "sample_eta", "img_t_max", "rollout_chain"):
+    for name in ("p_film", "p_uncond", "p_img", "p_vid", "p_noise", "p_clean", "p_bank_clean",
+                 "p_vanish", "sample_eta", "img_t_max", "rollout_chain"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"--{name.replace('_', '-')} must be within [0, 1]")
     fail(problems)
@@ -253,6 +259,9 @@ def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device
     film = torch.from_numpy(rng.random(n) < cfg.p_film).to(device)
     anchor = anchor * (~film).float().view(-1, 1, 1, 1)  # [B, C, H, W], zeros in film mode
     cond = condition(x0[:, :, :m], anchor, T)                        # [B, C + 1, T, H, W]
+    if cfg.p_vanish > 0:  # a lost shape, as rollouts make: the target still shows it
+        lost = (torch.rand(n, generator=gen) < cfg.p_vanish).to(device)
+        cond[lost, 1:, :m] += vanish(cond[lost, 1:, :m])  # (before any noise: flat colours)
     if cfg.cond_noise > 0:  # the handcrafted baseline: noisy motion frames, clean target
         sigma = cfg.cond_noise * torch.rand(n, generator=gen).view(-1, 1, 1, 1, 1)
         cond[:, 1:, :m] += sigma.to(device) * torch.randn(cond[:, 1:, :m].shape,

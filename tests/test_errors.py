@@ -3,7 +3,7 @@ import io
 
 import torch
 
-from errors import ErrorBank, conditioning_error, inject, one_step_errors
+from errors import ErrorBank, conditioning_error, inject, one_step_errors, vanish
 from flow import interpolate, noise_from_v, velocity_target, x0_from_v
 from model import condition
 
@@ -142,3 +142,13 @@ def test_conditioning_errors_from_low_flow_times_or_from_either_bank():
                        torch.full((3, 3, 2, 2, 2), -1.0))
     mixed = conditioning_error([bank, rollout], 200, 2, G(1))[:, 0, 0, 0, 0]
     assert 60 < (mixed == -1).sum() < 140 and (mixed > 0).sum() == 200 - (mixed == -1).sum()
+
+
+def test_vanish_erases_the_largest_shape_and_nothing_else():
+    real = torch.full((1, 3, 2, 8, 8), -1.0)  # [S, C, m, H, W], a black background
+    real[0, 0, :, :3, :3] = 1.0               # a red square, 9 pixels a frame
+    real[0, 1, :, 5:7, 5:7] = 1.0             # a green one, 4 pixels
+    erased = real + vanish(real)
+    assert (erased[0, :, :, :3, :3] == -1).all()                 # red is gone
+    assert torch.equal(erased[0, :, :, 3:], real[0, :, :, 3:])   # the rest is untouched
+    assert vanish(torch.full((1, 3, 2, 8, 8), 0.5)).abs().max() == 0  # no shape: no error

@@ -281,14 +281,21 @@ def test_response_slope_is_one_for_a_copy_and_zero_when_the_anchor_decides():
     assert "| motion | rollout |" in drift.response_table(result, unit)
 
 
-def test_vanish_erases_the_largest_shape_and_nothing_else():
-    real = torch.full((1, 3, 2, 8, 8), -1.0)  # [S, C, m, H, W], a black background
-    real[0, 0, :, :3, :3] = 1.0               # a red square, 9 pixels a frame
-    real[0, 1, :, 5:7, 5:7] = 1.0             # a green one, 4 pixels
-    erased = real + drift.vanish(real)
-    assert (erased[0, :, :, :3, :3] == -1).all()                 # red is gone
-    assert torch.equal(erased[0, :, :, 3:], real[0, :, :, 3:])   # the rest is untouched
-    assert drift.vanish(torch.full((1, 3, 2, 8, 8), 0.5)).abs().max() == 0  # no shape: no error
+def test_response_counts_whether_an_erased_shape_comes_back():
+    """Errors as large as a shape: erased (clipped at the black background), a copy of the motion
+    frames loses the shape, a copy of the anchor keeps it. (Darker by 0.2 a clip: still on the
+    palette, and the errors' unit 0.4 for a shape's RMS 0.5.)"""
+    models = {"motion": CopyModel("motion", -0.2), "anchor": CopyModel("anchor", -0.2)}
+    result, unit = drift.response(models, "consistent", 2, SAMPLING, world=STILL)
+    assert unit == pytest.approx(0.4, rel=1e-4)
+    assert result["motion"]["vanish"]["count"][0] == 0
+    assert result["motion"]["vanish"]["count"][-1] == 1
+    assert result["anchor"]["vanish"]["count"].max() == 0
+    row = next(line for line in drift.response_table(result, unit).splitlines()
+               if line.startswith("| motion | vanish |"))
+    counts = row.split("|")[-2].split(" / ")  # the last column: count error at each size
+    assert len(counts) == len(drift.STRENGTHS) and counts[0].strip() == "0.00" \
+        and counts[-1].strip() == "1.00"
 
 
 def test_error_statistics_per_bucket_on_known_errors():

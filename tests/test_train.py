@@ -12,6 +12,7 @@ import torch
 import sample
 import train
 from data import DEFAULT_WORLD, ShapesSource
+from errors import vanish
 from flow import euler_sample
 from model import Sampling, condition, from_checkpoint, merged_state_dict, tokenize
 from conftest import run, tiny_config
@@ -95,6 +96,24 @@ def test_a_chained_rollout_starts_from_motion_frames_carrying_a_banked_error(tmp
     assert len(run.bank_roll) == 2
 
 
+@pytest.mark.parametrize("p_vanish, erased_clips", [(0.0, (0, 0)), (0.5, (1, 7)), (1.0, (8, 8))])
+def test_lost_shape_errors_erase_a_shape_from_the_motion_frames_only(tmp_path, p_vanish,
+                                                                     erased_clips):
+    source = ShapesSource(16, 2, DEFAULT_WORLD)
+    x0, *_, plain = (train.make_batch(source, tiny_config(tmp_path), 8, np.random.default_rng(0),
+                                      torch.Generator().manual_seed(0), 8, "cpu")[:4])
+    cfg = tiny_config(tmp_path, p_vanish=p_vanish)
+    same_x0, *_, cond = (train.make_batch(source, cfg, 8, np.random.default_rng(0),
+                                          torch.Generator().manual_seed(0), 8, "cpu")[:4])
+    assert torch.equal(same_x0, x0) and torch.equal(cond[:, :, 2:], plain[:, :, 2:])  # anchor
+    assert torch.equal(cond[:, :1], plain[:, :1])  # and mask untouched
+    motion = x0[:, :, :2]  # [B, C, m, H, W], the target's first frames: every shape still there
+    erased = [torch.equal(c, e) for c, e in zip(cond[:, 1:, :2], motion + vanish(motion))]
+    kept = [torch.equal(c, m) for c, m in zip(cond[:, 1:, :2], motion)]
+    assert all(a != b for a, b in zip(erased, kept))  # each clip's motion frames: one or the other
+    assert erased_clips[0] <= sum(erased) <= erased_clips[1]
+
+
 def test_checkpoint_of_another_clip_size_is_rejected(tmp_path, base_ckpt, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(tiny_config(tmp_path, init_from=base_ckpt, frames=6))
@@ -154,6 +173,11 @@ def test_sampling_is_deterministic_and_counts_frames(tmp_path, base_ckpt):
         videos.append(iio.imread(tmp_path / name, index=None))
     assert len(videos[0]) == 3 * (4 - 2) + 2  # N (T - m) + m
     assert np.array_equal(videos[0], videos[1]) and not np.array_equal(videos[0], videos[2])
+    strip = iio.imread(tmp_path / "a.png").astype(int)  # the last frames of clips 1, 2, 3
+    assert strip.shape == (4 * 16, 3 * 4 * 16, 3) and sample.strip_clips(3) == [1, 2, 3]
+    for tile, frame in zip(np.split(strip, 3, axis=1), videos[0][[3, 5, 7], ..., :3]):
+        assert np.abs(tile - frame).mean() < 4  # (the gif's palette is coarser)
+    assert sample.strip_clips(50) == [1, 10, 20, 30, 40, 50]
 
 
 def test_the_checkpoint_records_how_to_sample_and_flags_override_it(tmp_path, base_ckpt):
@@ -220,6 +244,7 @@ def test_start_from_an_image_with_a_prompt(tmp_path, base_ckpt):
     (["--rollout-chain", "1.5"], "--rollout-chain must be within [0, 1]"),
     (["--erft", "--rollout-chain", "0.5"], "--rollout-chain chains rollout errors: add"),
     (["--erft", "--img-t-max", "0.01"], "--img-t-max 0.01 is below every bucket's flow time"),
+    (["--p-vanish", "0.5", "--data", "."], "--p-vanish erases flat-coloured shapes: it needs"),
     (["--precision", "fp8"], "--precision fp8: choose auto, bf16 or fp32"),
     (["--device", "meta"], "--device meta holds shapes, not values"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nowhere"],
