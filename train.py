@@ -14,8 +14,8 @@ fine-tune it, with or without Error-Recycling Fine-Tuning (ERFT, errors.py).
 A training clip of T frames comes with its first m frames as the "motion frames" of the
 condition, then either the anchor (shot mode: the world's first frame, 0 to --anchor-gap frames
 before the clip, as SVI 2.0; with --anchor-gap 0 a random frame of the clip, as SVI 1.0) or zeros
-(film mode);
-the model regenerates the whole clip (as the official code, the loss covers every frame).
+(film mode); the model regenerates the whole clip (as the official code, the loss covers every
+frame).
 Everything random is drawn from generators seeded by (seed, step, rank), so a resumed run is
 bitwise identical, on CPU, to one that never stopped.
 """
