@@ -24,8 +24,8 @@ DIAGNOSTIC.md and DIAGNOSTIC.png to --out:
   slope says whether it corrects (< 1) or amplifies (> 1) what it is given, and the next clip's
   count error whether an erased shape comes back;
 - errors: banked one-step errors per flow-time bucket (and banked rollout errors, if the run has
-  any) against rollout errors per clip: RMS, the share of energy at low spatial frequency, and a
-  picture of a few of each.
+  any) against rollout errors per clip: RMS, the share of energy at low spatial frequency, the
+  shapes a frame loses when the error is put on real frames, and a picture of a few of each.
 
 Three settings, as in the paper: consistent (one prompt, shot mode), creative (a scene event and
 a new prompt every few clips, film mode) and conditional (shape 0 follows a control stream). For
@@ -470,26 +470,44 @@ def low_share(e, cutoff=LOW):
     return low.sum(dim=(1, 2, 3, 4)) / power.sum(dim=(1, 2, 3, 4)).clamp_min(1e-12)
 
 
-def error_stats(bank, rollout_errors, bank_roll=None):
-    """RMS and low-frequency share of the banked one-step errors per flow-time bucket, of the
-    banked rollout errors (bank_roll, if it holds any) and of each group of rollout errors
-    ({label: [N, C, T, H, W]}). -> rows (label, count, rms, low share)."""
-    groups = [(f"banked, t = {t:.2f}", bank.errors[b, :count])
+def shapes_lost(errors, real):
+    """The shapes an error erases from the frames it is put on: per frame, the real shape colours
+    that real + error (clipped) no longer shows, the mean over frames and errors. errors
+    [N, C, T, H, W]; real [S, C, >= T, H, W], error i put on real i mod S. A rollout error put on
+    its own real frames gives the rollout back: its lost shapes."""
+    lost = []
+    for i, e in enumerate(errors.float()):
+        r = real[i % len(real), :, :e.shape[1]].float()  # [C, T, H, W]
+        fake, true = (objects(to_uint8(v)) for v in ((r + e).clamp(-1, 1), r))
+        lost += [len(set(w) - set(f)) for f, w in zip(fake, true)]
+    return float(np.mean(lost))
+
+
+def error_stats(bank, rollout_errors, real, bank_roll=None):
+    """RMS, low-frequency share and shapes_lost of the banked one-step errors per flow-time
+    bucket and of the banked rollout errors (bank_roll, if it holds any), put on `real` (clips
+    [S, C, T, H, W]), and of each group of rollout errors, put on their own real frames
+    ({label: (errors, real), each [N, C, T, H, W]}). -> rows (label, count, rms, low, lost)."""
+    groups = [(f"banked, t = {t:.2f}", bank.errors[b, :count], real)
               for b, (t, count) in enumerate(zip(bank.times.tolist(), bank.count.tolist()))
               if count]
     if bank_roll is not None and len(bank_roll):
-        groups.append(("banked rollout errors", bank_roll.errors[0, :int(bank_roll.count[0])]))
-    groups += list(rollout_errors.items())
-    return [(label, len(e), float(rms(e).mean()), float(low_share(e).mean()))
-            for label, e in groups]
+        groups.append(("banked rollout errors", bank_roll.errors[0, :int(bank_roll.count[0])],
+                       real))
+    groups += [(label, e, own) for label, (e, own) in rollout_errors.items()]
+    return [(label, len(e), float(rms(e).mean()), float(low_share(e).mean()),
+             shapes_lost(e, on)) for label, e, on in groups]
 
 
 def errors_table(rows) -> str:
     lines = ["### errors", "", f"Banked one-step errors per flow-time bucket against rollout "
-             f"errors: RMS, and the share of energy within {LOW:g} x the frame side in spatial "
-             "frequency.", "", "| errors | count | RMS | low-frequency share |",
-             "|---|---|---|---|"]
-    lines += [f"| {label} | {n} | {r:.4f} | {low:.3f} |" for label, n, r, low in rows]
+             f"errors: RMS, the share of energy within {LOW:g} x the frame side in spatial "
+             "frequency, and the shapes a frame loses when the error is put on real frames (banked "
+             "errors on the worlds' first clips, rollout errors on their own).", "",
+             "| errors | count | RMS | low-frequency share | shapes lost per frame |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {label} | {n} | {r:.4f} | {low:.3f} | {lost:.3f} |"
+              for label, n, r, low, lost in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -640,13 +658,14 @@ def diagnose(args, models, sampling, world):
         T, m = model.cfg.frames, model.sampling.motion_frames
         reals = [real_clips(s, setting, args.chunks, T, m, model.cfg.resolution,
                             args.event_every, world) for s in range(args.seeds)]
-        error = (free_video(model, reals, args.chunks, setting, sampling, args.noise_seed)
-                 - real_video(reals))[:, :, T:]  # [S, C, (chunks - 1)(T - m), H, W]
-        clips = error.unflatten(2, (args.chunks - 1, T - m)).transpose(1, 2)  # [S, k, C, ...]
-        groups = {f"rollout, clip {k}": clips[:, k - 2] for k in HEADROOM_CLIPS
-                  if 2 <= k <= args.chunks}
-        groups[f"rollout, clips 2-{args.chunks}"] = clips.flatten(0, 1)  # [S (chunks - 1), ...]
-        text = errors_table(error_stats(bank, groups, bank_roll))
+        video = real_video(reals)  # [S, C, T + (chunks - 1)(T - m), H, W]
+        error = free_video(model, reals, args.chunks, setting, sampling, args.noise_seed) - video
+        clips, truth = (v[:, :, T:].unflatten(2, (args.chunks - 1, T - m)).transpose(1, 2)
+                        for v in (error, video))  # each [S, chunks - 1, C, T - m, H, W]
+        groups = {f"rollout, clip {k}": (clips[:, k - 2], truth[:, k - 2])
+                  for k in HEADROOM_CLIPS if 2 <= k <= args.chunks}
+        groups[f"rollout, clips 2-{args.chunks}"] = (clips.flatten(0, 1), truth.flatten(0, 1))
+        text = errors_table(error_stats(bank, groups, video[:, :, :T], bank_roll))
         error_picture(bank, clips.flatten(0, 1), png)
     with open(md, "w") as f:
         f.write(f"{args.seeds} seeds, {setting}, {sampler_line(sampling)}; "

@@ -11,7 +11,7 @@ import eval as drift
 import train
 from conftest import tiny_config
 from data import BACKGROUNDS, COLOURS, KINDS, ShapesWorld, World
-from errors import ErrorBank
+from errors import ErrorBank, vanish
 from model import DiTConfig, Sampling, from_checkpoint
 
 RED, BLUE = np.array(COLOURS["red"], np.uint8), np.array(COLOURS["blue"], np.uint8)
@@ -306,12 +306,27 @@ def test_error_statistics_per_bucket_on_known_errors():
     bank.add(checker.expand(2, 3, 4, 8, 8) * 0.25, torch.tensor([0.1, 0.1]))
     roll = ErrorBank(torch.tensor([0.0]), 4, dtype=torch.float32)
     roll.add(torch.full((1, 3, 2, 8, 8), -0.75), torch.zeros(1))
-    rows = drift.error_stats(bank, {"clip 2": checker.expand(3, 3, 4, 8, 8).clone()}, roll)
+    black = -torch.ones(1, 3, 4, 8, 8)  # no shape to lose
+    clip2 = (checker.expand(3, 3, 4, 8, 8).clone(), black.expand(3, -1, -1, -1, -1))
+    rows = drift.error_stats(bank, {"clip 2": clip2}, black, roll)
     assert [r[0] for r in rows] == ["banked, t = 0.90", "banked, t = 0.10",
                                     "banked rollout errors", "clip 2"]
     assert [r[1] for r in rows] == [2, 2, 1, 3]
     np.testing.assert_allclose([r[2] for r in rows], [0.5, 0.25, 0.75, 1.0], rtol=1e-5)
     np.testing.assert_allclose([r[3] for r in rows], [1.0, 0.0, 1.0, 0.0], atol=1e-6)
+    assert [r[4] for r in rows] == [0.0] * 4
+    assert "| clip 2 | 3 | 1.0000 | 0.000 | 0.000 |" in drift.errors_table(rows)
+
+
+def test_shapes_lost_counts_the_shapes_an_error_erases():
+    """On a still shape: its lost-shape error erases it in every frame, no error erases nothing,
+    and error i goes on real clip i mod S."""
+    real = drift.to_unit(ShapesWorld(0, 16, STILL).frames(4))[None]  # [1, C, T, H, W]
+    erased = vanish(real)
+    assert drift.shapes_lost(erased, real) == 1.0
+    assert drift.shapes_lost(torch.zeros_like(real), real) == 0.0
+    assert drift.shapes_lost(torch.cat([erased, torch.zeros_like(real)]), real) == 0.5
+    assert drift.shapes_lost(erased[:, :, :2], real) == 1.0  # a window of the first frames
 
 
 def test_each_diagnostic_is_one_command(tmp_path, base_ckpt):
