@@ -494,16 +494,16 @@ def error_stats(bank, rollout_errors, real, bank_roll=None):
     if bank_roll is not None and len(bank_roll):
         groups.append(("banked rollout errors", bank_roll.errors[0, :int(bank_roll.count[0])],
                        real))
-    groups += [(label, e, own) for label, (e, own) in rollout_errors.items()]
+    groups += [(label, e, r) for label, (e, r) in rollout_errors.items()]
     return [(label, len(e), float(rms(e).mean()), float(low_share(e).mean()),
-             shapes_lost(e, on)) for label, e, on in groups]
+             shapes_lost(e, r)) for label, e, r in groups]
 
 
 def errors_table(rows) -> str:
     lines = ["### errors", "", f"Banked one-step errors per flow-time bucket against rollout "
              f"errors: RMS, the share of energy within {LOW:g} x the frame side in spatial "
-             "frequency, and the shapes a frame loses when the error is put on real frames (banked "
-             "errors on the worlds' first clips, rollout errors on their own).", "",
+             "frequency, and the shapes a frame loses when the error is put on real frames "
+             "(banked errors on the worlds' first clips, rollout errors on their own).", "",
              "| errors | count | RMS | low-frequency share | shapes lost per frame |",
              "|---|---|---|---|---|"]
     lines += [f"| {label} | {n} | {r:.4f} | {low:.3f} | {lost:.3f} |"
@@ -642,7 +642,12 @@ def diagnose(args, models, sampling, world):
                   noise_seed=args.noise_seed, world=world, event_every=args.event_every)
     bank = bank_roll = None
     if args.bank:
-        bank, _, bank_roll = run_banks(args.bank)[1]
+        cfg, (bank, _, bank_roll) = run_banks(args.bank)
+        some = next(iter(models.values())).cfg
+        if (cfg.frames, cfg.resolution) != (some.frames, some.resolution):
+            raise ValueError(f"--bank {args.bank}: its errors are clips of --frames {cfg.frames} "
+                             f"--resolution {cfg.resolution}; the checkpoints' are "
+                             f"{some.frames} and {some.resolution}")
     md, png = (os.path.join(args.out, f"{args.diagnostic}.{e}") for e in ("md", "png"))
     if args.diagnostic == "headroom":
         clips = tuple(k for k in HEADROOM_CLIPS if k <= args.chunks)
@@ -660,11 +665,12 @@ def diagnose(args, models, sampling, world):
                             args.event_every, world) for s in range(args.seeds)]
         video = real_video(reals)  # [S, C, T + (chunks - 1)(T - m), H, W]
         error = free_video(model, reals, args.chunks, setting, sampling, args.noise_seed) - video
-        clips, truth = (v[:, :, T:].unflatten(2, (args.chunks - 1, T - m)).transpose(1, 2)
-                        for v in (error, video))  # each [S, chunks - 1, C, T - m, H, W]
-        groups = {f"rollout, clip {k}": (clips[:, k - 2], truth[:, k - 2])
+        clips, real = (v[:, :, T:].unflatten(2, (args.chunks - 1, T - m)).transpose(1, 2)
+                       for v in (error, video))  # each [S, chunks - 1, C, T - m, H, W]
+        groups = {f"rollout, clip {k}": (clips[:, k - 2], real[:, k - 2])
                   for k in HEADROOM_CLIPS if 2 <= k <= args.chunks}
-        groups[f"rollout, clips 2-{args.chunks}"] = (clips.flatten(0, 1), truth.flatten(0, 1))
+        groups[f"rollout, clips 2-{args.chunks}"] = (clips.flatten(0, 1),
+                                                      real.flatten(0, 1))  # [S (chunks - 1), ...]
         text = errors_table(error_stats(bank, groups, video[:, :, :T], bank_roll))
         error_picture(bank, clips.flatten(0, 1), png)
     with open(md, "w") as f:

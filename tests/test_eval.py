@@ -308,13 +308,15 @@ def test_error_statistics_per_bucket_on_known_errors():
     roll.add(torch.full((1, 3, 2, 8, 8), -0.75), torch.zeros(1))
     black = -torch.ones(1, 3, 4, 8, 8)  # no shape to lose
     clip2 = (checker.expand(3, 3, 4, 8, 8).clone(), black.expand(3, -1, -1, -1, -1))
-    rows = drift.error_stats(bank, {"clip 2": clip2}, black, roll)
+    shape = drift.to_unit(ShapesWorld(0, 16, STILL).frames(4))[None]  # [1, C, T, H, W]
+    rows = drift.error_stats(bank, {"clip 2": clip2, "lost": (vanish(shape), shape)}, black,
+                             roll)
     assert [r[0] for r in rows] == ["banked, t = 0.90", "banked, t = 0.10",
-                                    "banked rollout errors", "clip 2"]
-    assert [r[1] for r in rows] == [2, 2, 1, 3]
-    np.testing.assert_allclose([r[2] for r in rows], [0.5, 0.25, 0.75, 1.0], rtol=1e-5)
-    np.testing.assert_allclose([r[3] for r in rows], [1.0, 0.0, 1.0, 0.0], atol=1e-6)
-    assert [r[4] for r in rows] == [0.0] * 4
+                                    "banked rollout errors", "clip 2", "lost"]
+    assert [r[1] for r in rows] == [2, 2, 1, 3, 1]
+    np.testing.assert_allclose([r[2] for r in rows[:4]], [0.5, 0.25, 0.75, 1.0], rtol=1e-5)
+    np.testing.assert_allclose([r[3] for r in rows[:4]], [1.0, 0.0, 1.0, 0.0], atol=1e-6)
+    assert [r[4] for r in rows] == [0.0] * 4 + [1.0]  # each group on its own real frames
     assert "| clip 2 | 3 | 1.0000 | 0.000 | 0.000 |" in drift.errors_table(rows)
 
 
@@ -326,10 +328,12 @@ def test_shapes_lost_counts_the_shapes_an_error_erases():
     assert drift.shapes_lost(erased, real) == 1.0
     assert drift.shapes_lost(torch.zeros_like(real), real) == 0.0
     assert drift.shapes_lost(torch.cat([erased, torch.zeros_like(real)]), real) == 0.5
+    two = torch.cat([real, -torch.ones_like(real)])  # error i on clip i mod 2: black has none
+    assert drift.shapes_lost(torch.cat([erased, erased]), two) == 0.5
     assert drift.shapes_lost(erased[:, :, :2], real) == 1.0  # a window of the first frames
 
 
-def test_each_diagnostic_is_one_command(tmp_path, base_ckpt):
+def test_each_diagnostic_is_one_command(tmp_path, base_ckpt, capsys):
     run = tmp_path / "erft"
     train.main(tiny_config(run, steps=2, erft=True, init_from=base_ckpt, p_clean=0.0))
     for name in ("headroom", "response", "errors"):
@@ -338,6 +342,12 @@ def test_each_diagnostic_is_one_command(tmp_path, base_ckpt):
                                      "--bank", str(run / "ckpt.pt"), "--seeds", "2",
                                      "--chunks", "2", "--steps", "1", "--out", str(out)]))
         assert (out / f"{name}.md").exists() and (out / f"{name}.png").exists()
+    train.main(tiny_config(tmp_path / "small", steps=1, erft=True, resolution=8, patch_s=2))
+    with pytest.raises(SystemExit):  # a bank of other clip sizes: refused, one line
+        drift.main(drift.parse_args(["--diagnostic", "errors", "--ckpt", f"a={base_ckpt}",
+                                     "--bank", str(tmp_path / "small" / "ckpt.pt"),
+                                     "--seeds", "2", "--chunks", "2", "--out", str(tmp_path)]))
+    assert "its errors are clips of --frames 4 --resolution 8" in capsys.readouterr().err
 
 
 def test_teacher_forcing_conditions_clip_k_on_the_real_frames_just_before_it():
