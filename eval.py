@@ -472,9 +472,9 @@ def low_share(e, cutoff=LOW):
 
 def shapes_lost(errors, real):
     """The shapes an error erases from the frames it is put on: per frame, the real shape colours
-    that real + error (clipped) no longer shows, the mean over frames and errors. errors
-    [N, C, T, H, W]; real [S, C, >= T, H, W], error i put on real i mod S. A rollout error put on
-    its own real frames gives the rollout back: its lost shapes."""
+    that real + error (clipped) no longer shows (a recoloured shape is lost too), the mean over
+    frames and errors. errors [N, C, T, H, W]; real [S, C, >= T, H, W], error i put on real
+    i mod S. A rollout error put on its own real frames gives the rollout back: its lost shapes."""
     lost = []
     for i, e in enumerate(errors.float()):
         r = real[i % len(real), :, :e.shape[1]].float()  # [C, T, H, W]
