@@ -215,9 +215,11 @@ def conditions(reals, setting, device):
 
 
 def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=None,
-             noise_seed=0, video_seed=0, world=DEFAULT_WORLD):
+             noise_seed=0, video_seed=0, world=DEFAULT_WORLD, forced=False):
     """Scores [method][metric] -> [seeds, chunks], for the real video ("real") and each model,
-    whose sampler draws its noise from noise_seed (the same noise for every model);
+    whose sampler draws its noise from noise_seed (the same noise for every model); each clip
+    conditioned on the model's own previous clip (free-running), or with forced on the real
+    frames before it (teacher-forced: what the base gets wrong before any drift);
     scores["real"]["hidden"] is 1 where the real motion frames of a clip show less than half of
     some shape, in each of them (the world's truth): a shape mostly behind another."""
     some = next(iter(models.values()))
@@ -234,8 +236,13 @@ def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=N
         else:
             model = models[name]
             device = next(model.parameters()).device
-            gen = torch.Generator().manual_seed(noise_seed)
-            clips = rollout(model, *conditions(reals, setting, device), chunks, gen, **sampling)
+            if forced:  # each clip k from the real frames before it
+                clips = (one_clip(model, motion_before(reals, k, T, m), reals, k, setting,
+                                  sampling, noise_seed) for k in range(1, chunks + 1))
+            else:
+                gen = torch.Generator().manual_seed(noise_seed)
+                clips = rollout(model, *conditions(reals, setting, device), chunks, gen,
+                                **sampling)
             fakes = ([to_uint8(video) for video in clip] for clip in clips)
         for k, fake in enumerate(fakes):
             for s in range(seeds):
@@ -538,36 +545,38 @@ def interval(per_seed):
     return per_seed.mean(), half
 
 
-def summary(values):
-    """values [seeds, chunks] -> (mean, half-width) of the mean over clips, of the first clip and
-    of the last clip, each over seeds. NaN (nothing to measure) is left out; None if all is NaN."""
+def summary(values, draws=1):
+    """values [draws x seeds, chunks] -> (mean, half-width) of the mean over clips, of the first
+    clip and of the last clip, each over seeds (a world's draws of noise averaged first: the
+    worlds are the independent samples). NaN (nothing to measure) is left out; None if all is
+    NaN."""
     if np.isnan(values).all():
         return None
     with warnings.catch_warnings():  # the mean of nothing is NaN, as meant
         warnings.simplefilter("ignore", RuntimeWarning)
-        per_seed = np.nanmean(values, axis=1)
-    return interval(per_seed), interval(values[:, 0]), interval(values[:, -1])
+        per_world = np.nanmean(values.reshape(draws, -1, values.shape[1]), axis=0)  # [S, N]
+        per_seed = np.nanmean(per_world, axis=1)
+    return interval(per_seed), interval(per_world[:, 0]), interval(per_world[:, -1])
 
 
-def table(scores, setting, chunks, versus="") -> str:
+def table(scores, setting, chunks, versus="", draws=1) -> str:
     """The markdown table; with versus (a method's name), also each other method's difference to
     it, seed by seed (paired: the same worlds and noise, so a narrower interval)."""
     lines = [f"### {setting}", "",
-             f"| metric | method | mean [95% interval] | clip 1 | clip {chunks} [95% interval] "
-             "| drift |", "|---|---|---|---|---|---|"]
+             f"| metric | method | mean [95% interval] | clip 1 [95% interval] | clip {chunks} "
+             "[95% interval] | drift |", "|---|---|---|---|---|---|"]
     for metric in METRICS:
         rows = {name: by_metric[metric] for name, by_metric in scores.items()}
         if versus:
             rows.update({f"{name} - {versus}": values - rows[versus] for name, values in
                          list(rows.items()) if name not in ("real", versus)})
         for name, values in rows.items():
-            s = summary(values)
+            s = summary(values, draws)
             if s is not None:
-                (mean, half), (first, _), (last, last_half) = s
-                lines.append(f"| {metric} | {name} | {mean:.3f} [{mean - half:.3f}, "
-                             f"{mean + half:.3f}] | {first:.3f} | {last:.3f} "
-                             f"[{last - last_half:.3f}, {last + last_half:.3f}] | "
-                             f"{last - first:+.3f} |")
+                cells = [f"{mean:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
+                         for mean, half in s]  # over clips, clip 1, the last clip
+                lines.append(f"| {metric} | {name} | " + " | ".join(cells) +
+                             f" | {s[2][0] - s[1][0]:+.3f} |")
     # the base-model check: does clip 1 keep the objects of the conditioning frames?
     kept = lambda which: ", ".join(
         f"{name} {int((by_metric['match'][which, 0] >= 0.5).sum())}/{int(which.sum())}"
@@ -708,6 +717,11 @@ def parse_args(argv=None):
     p.add_argument("--noise-seed", type=int, default=0,
                    help="seed of the sampler's noise, the same for every model (the worlds' "
                         "seeds stay 0 .. seeds - 1)")
+    p.add_argument("--draws", type=int, default=1,
+                   help="draws of noise per world (noise seeds --noise-seed and up), scored "
+                        "together")
+    p.add_argument("--forced", action="store_true",
+                   help="teacher-forced: every clip conditioned on the real frames before it")
     p.add_argument("--video-seed", type=int, default=0,
                    help="the world the side-by-side video shows (0 .. seeds - 1)")
     p.add_argument("--versus", default="", metavar="NAME",
@@ -723,7 +737,8 @@ def parse_args(argv=None):
 
 def check(args) -> list:
     """Reject bad flags with one line each (exit status 2) before any work; -> [(name, path)]."""
-    problems = not_positive(args, ("seeds", "chunks", "event_every")) + sampler_problems(args)
+    problems = not_positive(args, ("seeds", "chunks", "event_every", "draws")) + \
+        sampler_problems(args)
     named = [c.split("=", 1) if "=" in c else [os.path.basename(os.path.dirname(c)) or c, c]
              for c in args.ckpt]
     if not 0 <= args.video_seed < args.seeds:
@@ -773,17 +788,22 @@ def main(args):
     all_scores, report = {}, []
     for setting in chosen:
         video = os.path.join(args.out, f"side_by_side_{setting}.mp4")
-        all_scores[setting] = evaluate(models, setting, args.seeds, args.chunks, args.event_every,
-                                       sampling, video, args.noise_seed, args.video_seed,
-                                       world)
-        report.append(table(all_scores[setting], setting, args.chunks, args.versus))
+        runs = [evaluate(models, setting, args.seeds, args.chunks, args.event_every, sampling,
+                         None if d else video, args.noise_seed + d, args.video_seed, world,
+                         args.forced) for d in range(args.draws)]
+        all_scores[setting] = {name: {metric: np.concatenate([r[name][metric] for r in runs])
+                                      for metric in by_metric}  # [draws x seeds, chunks]
+                               for name, by_metric in runs[0].items()}
+        report.append(table(all_scores[setting], setting, args.chunks, args.versus, args.draws))
         np.savez(os.path.join(args.out, f"scores_{setting}.npz"),  # per seed and clip, [S, N]
                  **{f"{name}/{metric}": values for name, by_metric in all_scores[setting].items()
                     for metric, values in by_metric.items()})
         print(report[-1], flush=True)
     with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(f"{args.seeds} seeds x {args.chunks} clips, {sampler_line(sampling)}, "
-                f"noise seed {args.noise_seed}; checkpoints: {', '.join(args.ckpt)}\n\n"
+        f.write(f"{args.seeds} seeds x {args.chunks} clips"
+                f"{', teacher-forced' if args.forced else ''}, {sampler_line(sampling)}, "
+                f"noise seeds {args.noise_seed} + {args.draws} draw(s); checkpoints: "
+                f"{', '.join(args.ckpt)}\n\n"
                 + "\n".join(report))
     plot(all_scores, os.path.join(args.out, "curves.png"))
     return all_scores

@@ -40,15 +40,31 @@ def noise_from_v(x_t, v, t):
     return x_t + (1 - _expand(t, x_t)) * v
 
 
+X_T_MIN = 0.05  # the floor of t in v = (x_t - x0_hat) / t, as Li & He (2025) clamp it
+
+
+def v_from_x0(x_t, x0_hat, t, t_min: float = X_T_MIN):
+    """The velocity of a network that predicts the clean clip (x-prediction, Li & He 2025):
+    x_t = (1 - t) x0 + t noise  =>  v = noise - x0 = (x_t - x0) / t, with t held at or above
+    t_min, so the loss on v stays finite at the data end. x0_from_v inverts it for t >= t_min."""
+    return (x_t - x0_hat) / _expand(t, x_t).clamp(min=t_min)
+
+
 def shift_t(s, shift: float):
     """The schedule shift of SD3/Wan: t = shift s / (1 + (shift - 1) s). shift > 1 spends more
     time near noise, which larger frames need; shift = 1 is the identity."""
     return shift * s / (1 + (shift - 1) * s)
 
 
-def sample_t(n: int, generator: torch.Generator, shift: float = 1.0) -> torch.Tensor:
-    """Training times [n]: s uniform in [0, 1), then shifted (as the official code samples them)."""
-    return shift_t(torch.rand(n, generator=generator), shift)
+def sample_t(n: int, generator: torch.Generator, shift: float = 1.0,
+             logit_mean: float | None = None, logit_std: float = 1.0) -> torch.Tensor:
+    """Training times [n], then shifted: s uniform in [0, 1) (as the official code samples
+    them), or logit-normal, s = sigmoid(logit_mean + logit_std z), z ~ N(0, 1) (SD3, Esser et
+    al. 2024): logit_mean > 0 spends more steps near noise, < 0 near the data."""
+    if logit_mean is None:
+        return shift_t(torch.rand(n, generator=generator), shift)
+    z = torch.randn(n, generator=generator)
+    return shift_t(torch.sigmoid(logit_mean + logit_std * z), shift)
 
 
 def schedule(steps: int, shift: float = 1.0) -> torch.Tensor:

@@ -34,6 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from flow import v_from_x0
+
 
 @dataclass
 class DiTConfig:
@@ -52,6 +54,10 @@ class DiTConfig:
     control_dim: int = 2      # size of the per-frame control vector (a keypoint x, y)
     rope: bool = True         # 3-D rotary positions in the DiT's attention (as Wan), on top of
                               # the sinusoidal embedding of the tokens
+    prediction: str = "v"     # what the last layer outputs: "v", the velocity, or "x", the clean
+                              # clip (Li & He 2025), turned into v by flow.v_from_x0
+    long_skip: bool = False   # U-ViT's long skip: the input tokens joined to the last block's
+    out_conv: bool = False    # U-ViT's 3x3 convolution on the output frames
 
 
 # The DiT paper's sizes (S, B, L, XL); T is the tiny one that trains on a laptop CPU.
@@ -267,6 +273,8 @@ class VideoDiT(nn.Module):
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.adaLN_out = nn.Sequential(nn.SiLU(), nn.Linear(D, 2 * D))
         self.final_layer = nn.Linear(D, pt * ps * ps * C)
+        self.skip = nn.Linear(2 * D, D) if cfg.long_skip else None
+        self.conv_out = nn.Conv3d(C, C, (1, 3, 3), padding=(0, 1, 1)) if cfg.out_conv else None
         grid = (cfg.frames // pt, cfg.resolution // ps, cfg.resolution // ps)
         self.register_buffer("pos", position_embedding(*grid, D), persistent=False)
         angles = rope_angles(*grid, D // cfg.heads) if cfg.rope else None
@@ -288,6 +296,8 @@ class VideoDiT(nn.Module):
         for layer in (self.adaLN_out[-1], self.final_layer):  # and the output starts at zero
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        if self.conv_out is not None:  # (a convolution of zeros, without a bias, is zero)
+            nn.init.zeros_(self.conv_out.bias)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -310,6 +320,7 @@ class VideoDiT(nn.Module):
         control = self.control_embedder(control.reshape(B, T // pt, -1))  # [B, t, D]
         x = x.view(B, T // pt, -1, x.shape[-1]) + control[:, :, None]  # [B, t, h * w, D]
         x = x.view(B, -1, x.shape[-1])                                  # [B, N, D]
+        first = x
         if text is None:
             text = self.text_encoder(text_ids, text_mask)              # [B, D]
         c = self.t_embedder(t) + text                                   # [B, D]
@@ -318,9 +329,16 @@ class VideoDiT(nn.Module):
                 x = checkpoint(block, x, c, self.angles, use_reentrant=False)
             else:
                 x = block(x, c, self.angles)
+        if self.skip is not None:
+            x = self.skip(torch.cat([x, first], dim=-1))                # [B, N, 2D] -> [B, N, D]
         shift, scale = self.adaLN_out(c)[:, None].chunk(2, dim=-1)      # 2 x [B, 1, D]
         x = self.final_layer(modulate(self.norm_out(x), shift, scale))  # [B, N, pt * ps * ps * C]
-        return unpatchify(x, C, T, H, W, pt, ps)
+        out = unpatchify(x, C, T, H, W, pt, ps)                         # [B, C, T, H, W]
+        if self.conv_out is not None:
+            out = self.conv_out(out)
+        if cfg.prediction == "x":  # out is the clean clip x0_hat
+            return v_from_x0(x_t, out, t)
+        return out
 
 
 # -----------------------------------------------------------------------------
@@ -444,6 +462,9 @@ def load_checkpoint(path: str) -> dict:
     if not isinstance(ckpt, dict) or "model_cfg" not in ckpt:
         raise ValueError(f"{path}: not a checkpoint written by svi's train.py")
     ckpt["model_cfg"].setdefault("rope", False)  # written before rotary positions existed
+    if ckpt["model_cfg"].get("prediction", "v") not in ("v", "x"):
+        raise ValueError(f"{path}: prediction {ckpt['model_cfg']['prediction']!r}; this svi "
+                         "knows v and x")
     if "sampling" not in ckpt:  # written before checkpoints recorded it, or the world had presets
         old = ckpt.get("train_cfg", {})
         ckpt["sampling"] = dict(motion_frames=old.get("motion_frames", 2),

@@ -72,6 +72,10 @@ class TrainConfig:
     patch_t: int = 2              # frames per token
     patch_s: int = 4              # pixels per token side
     rope: bool = True             # 3-D rotary positions in attention (model.rope_angles)
+    prediction: str = "v"         # the network outputs v, the velocity, or x, the clean clip
+                                  # (Li & He 2025); the loss is on v either way (flow.v_from_x0)
+    long_skip: bool = False       # U-ViT's long skip from the input tokens to the output layer
+    out_conv: bool = False        # U-ViT's 3x3 convolution on the output frames
     lora_rank: int = 0            # > 0: fine-tune low-rank adapters instead of all weights
     # optimisation
     steps: int = 1600             # total optimiser steps
@@ -85,6 +89,12 @@ class TrainConfig:
     ema: float = 0.999            # decay of the weight average used for sampling
     p_uncond: float = 0.1         # prompt dropout, so classifier-free guidance works
     shift: float = 1.0            # schedule shift of training and sampling times (flow.shift_t)
+    t_sampling: str = "uniform"   # training times: uniform, or logit-normal (SD3) with
+    t_mean: float = 0.0           # this mean (> 0: towards noise, < 0: towards the data)
+    t_std: float = 1.0            # and this spread, of the logit of t
+    cond_leak: float = 0.0        # > 0: Gaussian noise of std (this x t) on the motion frames,
+                                  # so that at high noise the model cannot copy them (Zhao et al.
+                                  # 2024, conditional image leakage); sampling stays clean
     cond_noise: float = 0.0       # > 0: Gaussian noise of std U(0, this) on the motion frames,
                                   # the handcrafted anti-drift of GameNGen / DIAMOND (a baseline)
     p_vanish: float = 0.0         # > 0: the lost-shape error: erase the largest shape from the
@@ -187,6 +197,12 @@ def check(cfg: TrainConfig):
         problems.append("--p-vanish erases flat-coloured shapes: it needs --data shapes")
     if cfg.data != "shapes" and not os.path.isdir(cfg.data):
         problems.append(f"--data {cfg.data}: no such folder (or use --data shapes)")
+    if cfg.prediction not in ("v", "x"):
+        problems.append(f"--prediction {cfg.prediction}: choose v or x")
+    if cfg.t_sampling not in ("uniform", "logit-normal"):
+        problems.append(f"--t-sampling {cfg.t_sampling}: choose uniform or logit-normal")
+    if cfg.t_std <= 0 or cfg.cond_leak < 0:
+        problems.append("--t-std must be positive and --cond-leak 0 or more")
     if cfg.precision not in ("auto", "bf16", "fp32"):
         problems.append(f"--precision {cfg.precision}: choose auto, bf16 or fp32")
     problems += device_problems(cfg.device)
@@ -268,8 +284,13 @@ def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device
                                                           generator=gen).to(device)
     prompts = ["" if u < cfg.p_uncond else p for u, p in zip(rng.random(n), prompts)]
     ids, mask = (x.to(device) for x in tokenize(prompts, text_len))
-    t = sample_t(n, gen, cfg.shift)
+    t = sample_t(n, gen, cfg.shift, cfg.t_mean if cfg.t_sampling == "logit-normal" else None,
+                 cfg.t_std)
     noise = torch.randn(x0.shape, generator=gen).to(device)
+    if cfg.cond_leak > 0:  # the more noise in x_t, the less the motion frames may be copied
+        sigma = cfg.cond_leak * t.view(-1, 1, 1, 1, 1)
+        cond[:, 1:, :m] += sigma.to(device) * torch.randn(cond[:, 1:, :m].shape,
+                                                          generator=gen).to(device)
     return x0, noise, t, cond, ids, mask, control
 
 
@@ -330,7 +351,8 @@ def model_config(cfg: TrainConfig, ckpt: dict | None, start: str) -> DiTConfig:
     """The network's shape: the flags' (from scratch) or the checkpoint's, grown by --depth."""
     if ckpt is None:
         return DiTConfig(frames=cfg.frames, resolution=cfg.resolution, patch_t=cfg.patch_t,
-                         patch_s=cfg.patch_s, rope=cfg.rope, **model_sizes(cfg))
+                         patch_s=cfg.patch_s, rope=cfg.rope, prediction=cfg.prediction,
+                         long_skip=cfg.long_skip, out_conv=cfg.out_conv, **model_sizes(cfg))
     model_cfg = DiTConfig(**ckpt["model_cfg"])
     if (model_cfg.frames, model_cfg.resolution) != (cfg.frames, cfg.resolution):
         fail([f"{start} was trained with --frames {model_cfg.frames} --resolution "

@@ -22,6 +22,29 @@ def test_one_step_errors_match_the_flow_steps_and_closed_forms():
     torch.testing.assert_close(e_noise, (1 - tt) * (v_hat - v_star))
 
 
+def test_errors_of_an_x_predicting_model_are_its_clean_clip_and_noise_misses():
+    """With x-prediction the banked errors keep their closed forms: e_vid = x0_hat - x0, the
+    network's own clean clip minus the real one, and e_noise = noise_hat - noise."""
+    from dataclasses import replace as with_
+    from model import DiTConfig, VideoDiT, tokenize
+    torch.manual_seed(0)
+    net = VideoDiT(DiTConfig(width=32, depth=1, heads=1, frames=4, resolution=8, prediction="x"))
+    torch.nn.init.normal_(net.final_layer.weight, std=0.1)  # an x0_hat that is not zero
+    raw = VideoDiT(with_(net.cfg, prediction="v"))  # the same weights, its output unconverted
+    raw.load_state_dict(net.state_dict())
+    g = G(1)
+    x0, noise = (torch.randn(2, 3, 4, 8, 8, generator=g) for _ in range(2))
+    t = torch.tensor([0.3, 0.9])
+    x_t = interpolate(x0, noise, t)
+    cond = condition(torch.randn(2, 3, 2, 8, 8, generator=g), None, 4)
+    ids, mask = tokenize(["a", "b"], net.cfg.text_len)
+    x0_hat = raw(x_t, t, cond, ids, mask)
+    e_vid, e_noise = one_step_errors(net(x_t, t, cond, ids, mask), velocity_target(x0, noise), t)
+    torch.testing.assert_close(e_vid, x0_hat - x0)
+    noise_hat = (x_t - (1 - t.view(-1, 1, 1, 1, 1)) * x0_hat) / t.view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(e_noise, noise_hat - noise)
+
+
 def filled_bank(anchors=(0.9, 0.5, 0.1), capacity=4, replace="l2", per_bucket=4):
     bank = ErrorBank(torch.tensor(anchors), capacity, replace, dtype=torch.float32)
     for i, a in enumerate(anchors):

@@ -177,6 +177,11 @@ def test_quick_benchmark_writes_table_curves_and_video(tmp_path, base_ckpt):
     results = (out / "results.md").read_text()
     assert "### creative" in results and "| palette | base |" in results
     assert "at least half its frames: real 2/2, base " in results
+    twice = drift.main(drift.parse_args(["--quick", "--ckpt", f"base={base_ckpt}", "--draws", "2",
+                                         "--setting", "consistent", "--out", str(out)]))
+    np.testing.assert_array_equal(twice["consistent"]["base"]["palette"][:2],
+                                  scores["consistent"]["base"]["palette"])  # noise seed 0 first
+    assert twice["consistent"]["base"]["palette"].shape == (4, 3)
     assert os.path.getsize(out / "curves.png") > 0
     assert not np.isnan(scores["conditional"]["base"]["control"]).any()
 
@@ -211,8 +216,8 @@ def test_paired_difference_rows():
     scores["erft"]["count"][:] = [[1, 1], [2, 3], [3, 5]]  # one less at clip 2 in every world
     text = drift.table(scores, "consistent", 2, versus="clean")
     # the same gap in every world: a paired interval of zero width
-    assert "| count | erft - clean | -0.500 [-0.500, -0.500] | 0.000 | -1.000 [-1.000, -1.000] |" \
-        in text
+    assert "| count | erft - clean | -0.500 [-0.500, -0.500] | 0.000 [0.000, 0.000] | -1.000 " \
+        "[-1.000, -1.000] |" in text
     assert "real - clean" not in text and "clean - clean" not in text
 
 
@@ -220,8 +225,10 @@ def test_bad_eval_flags(capsys):
     with pytest.raises(SystemExit) as exit_info:
         drift.main(drift.parse_args(["--ckpt", "x=missing.pt", "--seeds", "0", "--eta", "-1",
                                      "--versus", "y", "--shift", "-2", "--device", "meta",
-                                     "--video-seed", "3", "--diagnostic", "errors"]))
+                                     "--video-seed", "3", "--diagnostic", "errors",
+                                     "--draws", "0"]))
     err = capsys.readouterr().err
+    assert "--draws must be positive" in err
     assert "--device meta holds shapes" in err and "--diagnostic errors needs --bank" in err
     assert exit_info.value.code == 2
     assert "no such file" in err and "--seeds must be positive" in err
@@ -267,6 +274,22 @@ def test_headroom_is_the_gap_of_an_error_that_compounds():
     assert result["copies"]["free"]["background"].max() == 0
     assert result["copies"]["forced"]["count"].max() == 0
     assert "| drifts | count |" in drift.headroom_table(result)
+
+
+def test_the_teacher_forced_benchmark_sees_no_compounding_and_draws_stack_by_world():
+    """--forced: each clip from the real frames before it, so an error added per clip stays one
+    clip's; free-running it grows clip by clip. Two draws stack as [draws x seeds, chunks], and
+    their intervals are over worlds (each world's draws averaged first)."""
+    models = {"drifts": CopyModel("motion", 0.04)}
+    per_clip = 0.04 * 127.5 * np.sqrt(3) / 255
+    forced = drift.evaluate(models, "consistent", 2, 4, 5, SAMPLING, world=STILL, forced=True)
+    free = drift.evaluate(models, "consistent", 2, 4, 5, SAMPLING, world=STILL)
+    np.testing.assert_allclose(forced["drifts"]["background"], per_clip, atol=0.003)
+    np.testing.assert_allclose(free["drifts"]["background"].mean(0), per_clip * np.arange(1, 5),
+                               rtol=0.03)
+    values = np.array([[1.0], [3.0], [2.0], [6.0]])  # draw 0 of worlds 0, 1, then draw 1
+    (mean, half), _, _ = drift.summary(values, draws=2)
+    assert mean == 3.0 and half == pytest.approx(1.96 * np.std([1.5, 4.5], ddof=1) / np.sqrt(2))
 
 
 def test_response_slope_is_one_for_a_copy_and_zero_when_the_anchor_decides():

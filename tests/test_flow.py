@@ -1,8 +1,8 @@
 """Rectified-flow identities. Run: python -m pytest tests/test_flow.py"""
 import torch
 
-from flow import (euler_sample, interpolate, noise_from_v, sample_t, schedule, shift_t,
-                  velocity_target, x0_from_v)
+from flow import (X_T_MIN, euler_sample, interpolate, noise_from_v, sample_t, schedule,
+                  shift_t, v_from_x0, velocity_target, x0_from_v)
 
 
 def video(seed):
@@ -73,3 +73,28 @@ def test_schedule_and_shift():
     assert torch.all(shift_t(s[1:-1], 5.0) > s[1:-1])  # a shift > 1 moves times towards noise
     t = sample_t(10000, torch.Generator().manual_seed(0), shift=3.0)
     assert t.min() >= 0 and t.max() < 1 and 0.66 < t.mean() < 0.69  # E[t] = 1.5 (1 - ln 3 / 2)
+
+
+def test_x_prediction_gives_the_true_velocity_and_inverts_the_data_step():
+    """v_from_x0 with the true x0 is the true v above the clamp; x0_from_v undoes it there;
+    below it, t is held at X_T_MIN, so v stays finite at t = 0."""
+    x0, noise = video(0), video(1)
+    t = torch.tensor([0.05, 0.5, 1.0])
+    x_t = interpolate(x0, noise, t)
+    torch.testing.assert_close(v_from_x0(x_t, x0, t), velocity_target(x0, noise))
+    x0_hat = video(2)
+    torch.testing.assert_close(x0_from_v(x_t, v_from_x0(x_t, x0_hat, t), t), x0_hat)
+    low = torch.tensor([0.0, 0.01, 0.02])
+    x_low = interpolate(x0, noise, low)
+    torch.testing.assert_close(v_from_x0(x_low, x0_hat, low), (x_low - x0_hat) / X_T_MIN)
+
+
+def test_logit_normal_times_lean_to_the_side_their_mean_says():
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    uniform = sample_t(20000, g())
+    noise_side = sample_t(20000, g(), 1.0, 0.8, 0.8)
+    data_side = sample_t(20000, g(), 1.0, -0.8, 0.8)
+    for t in (uniform, noise_side, data_side):
+        assert 0 <= t.min() and t.max() <= 1
+    assert abs(uniform.mean() - 0.5) < 0.01
+    assert noise_side.median() > 0.66 and data_side.median() < 0.34  # sigmoid(+-0.8) = 0.69, 0.31

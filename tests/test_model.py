@@ -1,9 +1,10 @@
 """The video DiT. Run: python -m pytest tests/test_model.py"""
 from dataclasses import asdict, replace
 
+import pytest
 import torch
 
-from flow import flow_loss, interpolate, velocity_target
+from flow import flow_loss, interpolate, velocity_target, x0_from_v
 from model import (DiTConfig, Sampling, VideoDiT, add_lora, condition, load_checkpoint,
                    merged_state_dict, patchify, rope_angles, rotate, tokenize, unpatchify)
 
@@ -54,6 +55,31 @@ def test_output_shape_and_exactly_zero_at_init():
     out = model(x, t, cond, ids, mask)
     assert out.shape == x.shape
     assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_x_prediction_and_the_u_vit_head_start_at_a_known_output():
+    """adaLN-Zero's zero output layer: a v-predicting model with U-ViT's long skip and output
+    convolution still predicts v = 0 at init; an x-predicting one predicts x0_hat = 0, so its
+    velocity is x_t / t, and one Euler step to the data end lands on 0."""
+    x, t, cond, ids, mask = inputs()
+    head = VideoDiT(replace(CFG, long_skip=True, out_conv=True))
+    assert torch.equal(head(x, t, cond, ids, mask), torch.zeros_like(x))
+    t = torch.tensor([0.3, 0.8])
+    v = VideoDiT(replace(CFG, prediction="x"))(x, t, cond, ids, mask)
+    torch.testing.assert_close(v, x / t.view(-1, 1, 1, 1, 1))
+    torch.testing.assert_close(x0_from_v(x, v, t), torch.zeros_like(x))
+
+
+def test_a_checkpoint_loads_with_its_recorded_prediction_or_is_refused(tmp_path):
+    old_cfg = asdict(CFG)
+    del old_cfg["prediction"], old_cfg["long_skip"], old_cfg["out_conv"]  # before the levers
+    for name, cfg in (("old", old_cfg), ("x", asdict(replace(CFG, prediction="x"))),
+                      ("eps", asdict(replace(CFG, prediction="eps")))):
+        torch.save({"model_cfg": cfg, "sampling": {}}, tmp_path / f"{name}.pt")
+    assert DiTConfig(**load_checkpoint(str(tmp_path / "old.pt"))["model_cfg"]).prediction == "v"
+    assert load_checkpoint(str(tmp_path / "x.pt"))["model_cfg"]["prediction"] == "x"
+    with pytest.raises(ValueError, match="eps.pt: prediction 'eps'; this svi knows v and x"):
+        load_checkpoint(str(tmp_path / "eps.pt"))
 
 
 def test_condition_layout():

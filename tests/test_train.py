@@ -114,6 +114,19 @@ def test_lost_shape_errors_erase_a_shape_from_the_motion_frames_only(tmp_path, p
     assert erased_clips[0] <= sum(erased) <= erased_clips[1]
 
 
+def test_conditional_leakage_noise_grows_with_flow_time_on_the_motion_frames_only(tmp_path):
+    """--cond-leak S: the motion frames carry Gaussian noise of std S t, t the clip's flow time;
+    x0, the flow time, the anchor and the mask are those of the plain batch."""
+    source, draw = ShapesSource(16, 2, DEFAULT_WORLD), lambda cfg: train.make_batch(
+        source, cfg, 64, np.random.default_rng(0), torch.Generator().manual_seed(0), 8, "cpu")
+    x0, _, t, plain = draw(tiny_config(tmp_path))[:4]
+    same_x0, _, same_t, cond = draw(tiny_config(tmp_path, cond_leak=0.5))[:4]
+    assert torch.equal(same_x0, x0) and torch.equal(same_t, t)
+    assert torch.equal(cond[:, :, 2:], plain[:, :, 2:]) and torch.equal(cond[:, :1], plain[:, :1])
+    std = (cond - plain)[:, 1:, :2].flatten(1).std(dim=1)  # [B], over 2 x 3 x 16 x 16 values
+    torch.testing.assert_close(std, 0.5 * t, atol=0.02, rtol=0.05)
+
+
 def test_checkpoint_of_another_clip_size_is_rejected(tmp_path, base_ckpt, capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(tiny_config(tmp_path, init_from=base_ckpt, frames=6))
@@ -246,6 +259,9 @@ def test_start_from_an_image_with_a_prompt(tmp_path, base_ckpt):
     (["--erft", "--img-t-max", "0.01"], "--img-t-max 0.01 is below every bucket's flow time"),
     (["--p-vanish", "0.5", "--data", "."], "--p-vanish erases flat-coloured shapes: it needs"),
     (["--precision", "fp8"], "--precision fp8: choose auto, bf16 or fp32"),
+    (["--prediction", "eps"], "--prediction eps: choose v or x"),
+    (["--t-sampling", "beta"], "--t-sampling beta: choose uniform or logit-normal"),
+    (["--cond-leak", "-1"], "--cond-leak 0 or more"),
     (["--device", "meta"], "--device meta holds shapes, not values"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nowhere"],
      "--device"),
