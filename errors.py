@@ -27,6 +27,8 @@ Names follow the paper, not the official code, whose `y_error_buffer` holds e_vi
 
 Try it: python -m pytest tests/test_errors.py
 """
+import imageio.v3 as iio
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -124,14 +126,30 @@ class ErrorBank:
                  for b, c in enumerate(self.count)] if self.errors is not None else []
         return dict(count=self.count.tolist(), mean_norm=norms)
 
+    def first_frames(self, n: int) -> list:
+        """For a picture: the first frame [C, H, W] of the first error of n buckets spread over
+        the filled ones, noisy first."""
+        filled = [b for b, c in enumerate(self.count.tolist()) if c]
+        pick = [filled[i] for i in np.linspace(0, len(filled) - 1, n).round().astype(int)]
+        return [self.errors[b, 0, :, 0] for b in pick]
+
     def state_dict(self) -> dict:
-        """Plain tensors only, so a checkpoint holding the bank loads with weights_only=True."""
+        """Plain tensors, numbers and strings, so a checkpoint holding the bank loads with
+        weights_only=True; with its sizes, so from_state_dict needs nothing else."""
         return dict(times=self.times, count=self.count, added=self.added,
                     errors=self.errors if self.errors is not None else torch.empty(0),
-                    replace_gen=self.replace_gen.get_state())
+                    replace_gen=self.replace_gen.get_state(), capacity=self.capacity,
+                    replace=self.replace)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "ErrorBank":
+        """A bank rebuilt from its state_dict alone, on the CPU in float16 (for reading it)."""
+        bank = cls(state["times"], state["capacity"], state["replace"])
+        bank.load_state_dict(state)
+        return bank
 
     def load_state_dict(self, state: dict):
-        self.times = state["times"] if "times" in state else state["anchors"]  # older name
+        self.times = state["times"]
         self.count, self.added = state["count"], state["added"]
         errors = state["errors"]
         self.errors = errors.to(self.device, self.dtype) if errors.numel() else None
@@ -213,3 +231,15 @@ def gather_from_ranks(*tensors):
         dist.all_gather(parts, x.contiguous())
         out.append(torch.cat(parts))
     return out
+
+
+def error_picture(path: str, *rows):
+    """Rows of errors, each a frame [C, H, W] as a tile scaled to its own range (grey = 0), the
+    rows padded with white to one width, as a PNG four times the size."""
+    tile = lambda e: ((e / (e.abs().max() + 1e-8) + 1) * 127.5).round().clamp(0, 255).byte()
+    rows = [torch.cat([tile(e.float().cpu()) for e in row], dim=2).permute(1, 2, 0).numpy()
+            for row in rows]                                            # each [H, n W, C]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255)
+            for r in rows]
+    iio.imwrite(path, np.concatenate(rows).repeat(4, 0).repeat(4, 1))
