@@ -32,9 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import train
 from data import ShapesSource, ShapesWorld
 from flow import flow_loss
-from model import (PRESETS, DiTConfig, VideoDiT, condition, device_problems, fail,
-                   from_checkpoint, load_checkpoint, pick_device, tokenize)
-from sample import rollout, world_start
+from model import (PRESETS, DiTConfig, VideoDiT, condition, from_checkpoint, load_checkpoint,
+                   tokenize)
+from sample import device_problems, fail, pick_device, rollout, world_start
 
 
 def gpu_table(frames=16, resolution=64, motion=4, batch=64, presets=tuple(PRESETS)) -> list:

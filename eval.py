@@ -61,9 +61,9 @@ import torch
 from data import (BACKGROUNDS, COLOURS, DEFAULT_WORLD, KINDS, PALETTE, WORLDS, ShapesWorld,
                    VideoWriter, to_uint8, to_unit, writable_folder)
 from errors import ErrorBank, vanish
-from model import (condition, device_problems, fail, from_checkpoint, load_checkpoint,
-                   not_positive, pick_device)
-from sample import add_sampler_flags, generate_clip, rollout, sampler_problems, settings
+from model import condition, from_checkpoint, load_checkpoint
+from sample import (add_sampler_flags, device_problems, fail, generate_clip, not_positive,
+                    pick_device, rollout, sampler_problems, sampling_of)
 from train import config_of
 
 OFF_PALETTE = 48.0   # RGB distance beyond which a pixel matches no palette colour
@@ -727,11 +727,12 @@ def parse_args(argv=None):
     p.add_argument("--versus", default="", metavar="NAME",
                    help="also each method's paired difference to this one (e.g. clean)")
     p.add_argument("--out", default="eval_out", help="folder for results.md, curves.png, video")
-    p.add_argument("--quick", action="store_true", help="2 seeds, 3 clips, 2 steps (for tests)")
+    p.add_argument("--quick", action="store_true",
+                   help="2 seeds, 3 clips, 2 sampler steps (for tests)")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda")
     args = p.parse_args(argv)
     if args.quick:
-        args.seeds, args.chunks, args.steps = 2, 3, 2
+        args.seeds, args.chunks, args.sample_steps = 2, 3, 2
     return args
 
 
@@ -776,7 +777,8 @@ def main(args):
     models = load_models(named, pick_device(args.device))
     first = next(iter(models.values()))
     world = args.world or first.sampling.world
-    s = settings(first, steps=args.steps, shift=args.shift, guidance=args.guidance, eta=args.eta)
+    s = sampling_of(first, steps=args.sample_steps, shift=args.shift, guidance=args.guidance,
+                    eta=args.eta)
     sampling = dict(steps=s.steps, shift=s.shift, guidance=s.guidance, eta=s.eta)  # for all
     os.makedirs(args.out, exist_ok=True)
     if args.diagnostic:

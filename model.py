@@ -26,7 +26,6 @@ Try it: python model.py   (prints the parameter count of every preset)
 """
 import math
 import os
-import sys
 from dataclasses import dataclass
 
 import torch
@@ -388,41 +387,6 @@ def merged_state_dict(state: dict) -> dict:
             key = f"{prefix}.{kind}"
         plain[key] = value
     return plain
-
-
-# -----------------------------------------------------------------------------
-# Flags every script shares: the device, and one way to refuse bad input
-
-def fail(problems: list[str]):
-    """Any problem: one line each on stderr, exit status 2, before any heavy work starts."""
-    if problems:
-        print("error: " + "\nerror: ".join(problems), file=sys.stderr)
-        sys.exit(2)
-
-
-def not_positive(flags, names) -> list[str]:
-    """A message for each of these flags (attributes of flags) that is not above zero."""
-    return [f"--{n.replace('_', '-')} must be positive, got {getattr(flags, n)}"
-            for n in names if getattr(flags, n) <= 0]
-
-
-def pick_device(name: str) -> str:
-    """--device auto is CUDA when there is one, else the CPU; any other name is kept."""
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
-def device_problems(name: str) -> list[str]:
-    """What is wrong with a --device flag, before any work starts (a list of messages)."""
-    if name == "meta":
-        return ["--device meta holds shapes, not values (the tests use it to check that every "
-                "tensor follows the model's device); choose auto, cpu or cuda"]
-    try:
-        device = torch.device(pick_device(name))
-    except RuntimeError:
-        return [f"--device {name}: not a device; choose auto, cpu or cuda"]
-    if device.type == "cuda" and not torch.cuda.is_available():
-        return [f"--device {name}: this PyTorch build sees no CUDA device; use --device cpu"]
-    return []
 
 
 # -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import sys
 
 import imageio.v3 as iio
 import numpy as np
@@ -29,15 +30,14 @@ from tqdm import tqdm
 
 from data import WORLDS, ShapesWorld, VideoWriter, read_video, to_uint8, to_unit, writable_folder
 from flow import euler_sample
-from model import (Sampling, condition, device_problems, fail, from_checkpoint, not_positive,
-                   pick_device, tokenize)
+from model import Sampling, condition, from_checkpoint, tokenize
 
 
 DEFAULT_CKPT = "checkpoints/erft_lowt.pt"  # ERFT, conditioning errors at t <= 0.3 (README)
 
 
-def settings(model, **given) -> Sampling:
-    """The sampler's settings (steps, shift, guidance, eta): each given and not None, else the
+def sampling_of(model, **given) -> Sampling:
+    """How to sample: steps, shift, guidance and eta each given and not None, else the
     checkpoint's (model.sampling)."""
     return dataclasses.replace(model.sampling, **{k: v for k, v in given.items() if v is not None})
 
@@ -45,11 +45,11 @@ def settings(model, **given) -> Sampling:
 @torch.no_grad()
 def generate_clip(model, cond, prompts, control, noise, generator=None, **given):
     """One clip [B, C, T, H, W] from noise, conditioned on cond (from model.condition), a prompt
-    per sample and a control stream [B, T, 2] (NaN: none); sampler settings as settings().
+    per sample and a control stream [B, T, 2] (NaN: none); the sampler as sampling_of().
     guidance > 1 adds classifier-free guidance, whose unconditional branch drops the prompt only;
     eta is the share of noise drawn anew (from generator) at each step (flow.euler_sample). The
     prompts are encoded once, not at every step."""
-    s = settings(model, **given)
+    s = sampling_of(model, **given)
     encode = lambda texts: model.text_encoder(*(x.to(noise.device) for x in
                                                 tokenize(texts, model.cfg.text_len)))  # [B, D]
     text, empty = encode(prompts), encode([""] * len(prompts)) if s.guidance != 1 else None
@@ -69,7 +69,7 @@ def rollout(model, first, anchor, prompts, controls, chunks, generator, **given)
 
     first: [B, C, m, H, W] the motion frames of the first clip; anchor: [B, C, H, W] (shot mode)
     or None (film mode); prompts(k) and controls(k) give clip k's prompts (B strings) and
-    control stream ([B, T, 2], NaN for none); sampler settings as settings(). Clip 0 yields all
+    control stream ([B, T, 2], NaN for none); the sampler as sampling_of(). Clip 0 yields all
     T frames, later clips T - m."""
     cfg = model.cfg
     motion, m = first, first.shape[2]
@@ -82,6 +82,41 @@ def rollout(model, first, anchor, prompts, controls, chunks, generator, **given)
         clip = generate_clip(model, cond, prompts(k), control, noise, generator, **given)
         motion = clip[:, :, -m:]  # the next clip continues from the last m frames
         yield clip if k == 0 else clip[:, :, m:]
+
+
+# -----------------------------------------------------------------------------
+# The scripts' flags: the device, and one way to refuse bad input
+
+def fail(problems: list[str]):
+    """Any problem: one line each on stderr, exit status 2, before any heavy work starts."""
+    if problems:
+        print("error: " + "\nerror: ".join(problems), file=sys.stderr)
+        sys.exit(2)
+
+
+def not_positive(flags, names) -> list[str]:
+    """A message for each of these flags (attributes of flags) that is not above zero."""
+    return [f"--{n.replace('_', '-')} must be positive, got {getattr(flags, n)}"
+            for n in names if getattr(flags, n) <= 0]
+
+
+def pick_device(name: str) -> str:
+    """--device auto is CUDA when there is one, else the CPU; any other name is kept."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def device_problems(name: str) -> list[str]:
+    """What is wrong with a --device flag, before any work starts (a list of messages)."""
+    if name == "meta":
+        return ["--device meta holds shapes, not values (the tests use it to check that every "
+                "tensor follows the model's device); choose auto, cpu or cuda"]
+    try:
+        device = torch.device(pick_device(name))
+    except RuntimeError:
+        return [f"--device {name}: not a device; choose auto, cpu or cuda"]
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return [f"--device {name}: this PyTorch build sees no CUDA device; use --device cpu"]
+    return []
 
 
 def parse_args(argv=None):
@@ -110,10 +145,10 @@ def parse_args(argv=None):
 
 
 def add_sampler_flags(p):
-    """--steps, --guidance, --eta, --shift: each, when not given, the checkpoint's (its
+    """--sample-steps, --guidance, --eta, --shift: each, when not given, the checkpoint's (its
     model.sampling: as it was trained, train.py --sample-steps, --sample-eta, --guidance,
     --shift)."""
-    p.add_argument("--steps", type=int, default=None, help="sampling steps per clip")
+    p.add_argument("--sample-steps", type=int, default=None, help="sampler steps per clip")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     p.add_argument("--eta", type=float, default=None,
                    help="share of the noise drawn anew at each step: 0 is the flow's ODE (Euler)")
@@ -122,7 +157,7 @@ def add_sampler_flags(p):
 
 def sampler_problems(args) -> list[str]:
     """What is wrong with the sampler flags given (a list of messages)."""
-    given = argparse.Namespace(**{k: getattr(args, k) for k in ("steps", "shift")
+    given = argparse.Namespace(**{k: getattr(args, k) for k in ("sample_steps", "shift")
                                   if getattr(args, k) is not None})
     problems = not_positive(given, vars(given))
     if args.eta is not None and not 0 <= args.eta <= 1:
@@ -177,6 +212,7 @@ def world_start(worlds, m: int, device, shot: bool = True):
     return first, first[:, :, 0] if shot else None
 
 
+
 def start(args, world, T: int, m: int, device):
     """This video's first motion frames and anchor (--image or the world), and its storyline:
     prompts(k), one per clip (--prompts: the last repeats), and controls(k), clip k's control
@@ -216,7 +252,8 @@ def main(args):
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     writer = VideoWriter(args.out, args.fps, args.scale)
     clips = rollout(model, first, anchor, prompts, controls, args.chunks, generator,
-                    steps=args.steps, shift=args.shift, guidance=args.guidance, eta=args.eta)
+                    steps=args.sample_steps, shift=args.shift, guidance=args.guidance,
+                    eta=args.eta)
     marks, stills, png = strip_clips(args.chunks), [], os.path.splitext(args.out)[0] + ".png"
     with stop_after_the_clip() as stop:
         try:

@@ -40,10 +40,9 @@ from data import (DEFAULT_WORLD, WORLDS, ShapesSource, ShapesWorld, VideoFolder,
 from errors import (ErrorBank, conditioning_error, gather_from_ranks, inject, one_step_errors,
                     vanish)
 from flow import euler_sample, flow_loss, interpolate, sample_t, schedule, velocity_target
-from model import (PRESETS, DiTConfig, Sampling, VideoDiT, add_lora, condition, device_problems,
-                   fail, load_checkpoint, merged_state_dict, not_positive, pick_device,
-                   save_checkpoint, tokenize)
-from sample import rollout, world_start
+from model import (PRESETS, DiTConfig, Sampling, VideoDiT, add_lora, condition, load_checkpoint,
+                   merged_state_dict, save_checkpoint, tokenize)
+from sample import device_problems, fail, not_positive, pick_device, rollout, world_start
 
 
 @dataclass

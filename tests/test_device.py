@@ -94,7 +94,7 @@ def test_a_two_clip_rollout_stays_on_the_device(tmp_path, flags):
     iio.imwrite(image, ShapesWorld(1, 16).frames(1)[0])
     story.write_text("a red circle on a black background\na blue square on a gray background\n")
     flags = [{"IMAGE": str(image), "STORY": str(story)}.get(f, f) for f in flags]
-    args = sample.parse_args(["--chunks", "2", "--steps", "2", *flags])
+    args = sample.parse_args(["--chunks", "2", "--sample-steps", "2", *flags])
     model = VideoDiT(DiTConfig(**CFG)).to(META).eval()
     first, anchor, prompts, controls = sample.start(args, ShapesWorld(0, 16), 4, 2, META)
     assert first.device == META and (anchor is None) == (args.mode == "film")

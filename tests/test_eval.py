@@ -363,7 +363,7 @@ def test_each_diagnostic_is_one_command(tmp_path, base_ckpt, capsys):
         out = tmp_path / name
         drift.main(drift.parse_args(["--diagnostic", name, "--ckpt", f"a={base_ckpt}",
                                      "--bank", str(run / "ckpt.pt"), "--seeds", "2",
-                                     "--chunks", "2", "--steps", "1", "--out", str(out)]))
+                                     "--chunks", "2", "--sample-steps", "1", "--out", str(out)]))
         assert (out / f"{name}.md").exists() and (out / f"{name}.png").exists()
     train.main(tiny_config(tmp_path / "small", steps=1, erft=True, resolution=8, patch_s=2))
     with pytest.raises(SystemExit):  # a bank of other clip sizes: refused, one line

@@ -91,8 +91,8 @@ def test_non_finite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path
 def test_sigint_during_sampling_leaves_a_playable_video_of_whole_clips(tmp_path, base_ckpt):
     out = tmp_path / "long.mp4"
     proc = subprocess.Popen([sys.executable, "sample.py", "--ckpt", base_ckpt, "--chunks",
-                             "100000", "--steps", "2", "--out", str(out)], cwd=ROOT, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                             "100000", "--sample-steps", "2", "--out", str(out)], cwd=ROOT,
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         deadline = time.time() + 120
         while not (out.exists() and out.stat().st_size > 2000) and time.time() < deadline:

@@ -162,7 +162,7 @@ def test_lora_fine_tune_trains_adapters_only_and_samples(tmp_path, base_ckpt):
                for k, v in base.items() if k.startswith("blocks.0.attn.qkv."))
     assert any(k.endswith("lora_b") and v.abs().sum() > 0 for k, v in state.items())
     sample.main(sample.parse_args(["--ckpt", str(tmp_path / "ckpt.pt"), "--chunks", "2",
-                                   "--steps", "2", "--out", str(tmp_path / "v.gif")]))
+                                   "--sample-steps", "2", "--out", str(tmp_path / "v.gif")]))
     # --export: the EMA alone, adapters folded in, half precision; it samples and fine-tunes
     shared = torch.load(export, weights_only=True)
     assert set(shared) == {"ema", "step", "model_cfg", "train_cfg", "sampling"}
@@ -171,7 +171,7 @@ def test_lora_fine_tune_trains_adapters_only_and_samples(tmp_path, base_ckpt):
     assert all(v.dtype == torch.float16 and torch.allclose(v.float(), merged[k], atol=1e-3)
                for k, v in shared["ema"].items())
     assert os.path.getsize(export) < 2.1 * sum(v.numel() for v in merged.values())  # 2 B each
-    sample.main(sample.parse_args(["--ckpt", str(export), "--chunks", "2", "--steps", "2",
+    sample.main(sample.parse_args(["--ckpt", str(export), "--chunks", "2", "--sample-steps", "2",
                                    "--out", str(tmp_path / "w.gif")]))
     train.main(tiny_config(tmp_path / "again", init_from=str(export), steps=1))
 
@@ -180,7 +180,7 @@ def test_sampling_is_deterministic_and_counts_frames(tmp_path, base_ckpt):
     videos = []
     for name in ("a.gif", "b.gif", "c.gif"):
         seed = "1" if name == "c.gif" else "0"
-        sample.main(sample.parse_args(["--ckpt", base_ckpt, "--chunks", "3", "--steps", "3",
+        sample.main(sample.parse_args(["--ckpt", base_ckpt, "--chunks", "3", "--sample-steps", "3",
                                        "--out", str(tmp_path / name), "--seed", seed,
                                        "--mode", "film", "--guidance", "2"]))
         videos.append(iio.imread(tmp_path / name, index=None))
@@ -199,7 +199,7 @@ def test_the_checkpoint_records_how_to_sample_and_flags_override_it(tmp_path, ba
     model = from_checkpoint(str(tmp_path / "ckpt.pt"))
     assert model.sampling == Sampling(motion_frames=2, shift=3.0, steps=5, eta=0.5, guidance=1.5,
                                       world=DEFAULT_WORLD)
-    assert sample.settings(model, steps=None, eta=0.0, shift=None) == \
+    assert sample.sampling_of(model, steps=None, eta=0.0, shift=None) == \
         Sampling(2, 3.0, 5, 0.0, 1.5, DEFAULT_WORLD)  # None: the checkpoint's
 
 
@@ -223,7 +223,7 @@ def test_a_clip_encodes_its_prompts_once_and_samples_as_if_at_every_step(base_ck
 def test_prompt_file_and_control_file(tmp_path, base_ckpt):
     (tmp_path / "story.txt").write_text("a red circle on a black background\n\na blue square\n")
     np.savetxt(tmp_path / "path.txt", np.linspace(-0.5, 0.5, 10)[:, None].repeat(2, 1))
-    sample.main(sample.parse_args(["--ckpt", base_ckpt, "--chunks", "4", "--steps", "2",
+    sample.main(sample.parse_args(["--ckpt", base_ckpt, "--chunks", "4", "--sample-steps", "2",
                                    "--prompts", str(tmp_path / "story.txt"),
                                    "--control", str(tmp_path / "path.txt"),
                                    "--out", str(tmp_path / "v.mp4")]))
@@ -232,7 +232,7 @@ def test_prompt_file_and_control_file(tmp_path, base_ckpt):
 
 def test_start_from_an_image_with_a_prompt(tmp_path, base_ckpt):
     iio.imwrite(tmp_path / "start.png", np.full((40, 50, 4), 200, np.uint8))  # RGBA, not square
-    sample.main(sample.parse_args(["--ckpt", base_ckpt, "--chunks", "2", "--steps", "2",
+    sample.main(sample.parse_args(["--ckpt", base_ckpt, "--chunks", "2", "--sample-steps", "2",
                                    "--image", str(tmp_path / "start.png"), "--prompt", "ü",
                                    "--out", str(tmp_path / "v.gif"), "--scale", "1"]))
     video = iio.imread(tmp_path / "v.gif", index=None)
@@ -278,7 +278,7 @@ def test_bad_training_flags_are_rejected_clearly(flags, message, capsys):
     (["--ckpt", "missing.pt"], "no such file"),
     (["--control", "missing.txt"], "no such file"),
     (["--eta", "1.5"], "--eta must be in [0, 1]"),
-    (["--steps", "0"], "--steps must be positive"),
+    (["--sample-steps", "0"], "--sample-steps must be positive"),
     (["--shift", "-1"], "--shift must be positive"),
     (["--device", "meta"], "--device meta holds shapes, not values"),
 ])
