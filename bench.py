@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import train
 from data import ShapesSource, ShapesWorld
 from flow import flow_loss
+from errors import ErrorBank
 from model import (PRESETS, DiTConfig, VideoDiT, condition, from_checkpoint, load_checkpoint,
                    tokenize)
 from sample import device_problems, fail, pick_device, rollout, world_start
@@ -190,13 +191,13 @@ def costs(q, device, say, tmp):
 
     # 5. the banks against their bound
     ckpt = load_checkpoint(os.path.join(tmp, "erft0", "ckpt.pt"))
-    cfg = train.config_of(ckpt)
-    used = sum(ckpt[b]["errors"].numel() * ckpt[b]["errors"].element_size()
-               for b in ("bank_vid", "bank_noise"))
+    banks = [ErrorBank.from_state_dict(state) for state in ckpt.banks[:2]]  # vid, noise
+    cfg = train.TrainConfig()  # the run's: sizes and bank dtype as the defaults
+    used = sum(bank.errors.numel() * bank.errors.element_size() for bank in banks)
     per_error = 3 * cfg.frames * cfg.resolution ** 2
     bound = 2 * cfg.buckets * cfg.capacity * per_error * \
         torch.empty(0, dtype=getattr(torch, cfg.bank_dtype)).element_size()
-    filled = int(ckpt["bank_vid"]["count"].sum() + ckpt["bank_noise"]["count"].sum())
+    filled = sum(len(bank) for bank in banks)
     say(f"error banks: {used} bytes allocated at the first error ({filled} errors stored) "
         f"against a bound of "
         f"2 banks x {cfg.buckets} buckets x {cfg.capacity} x {per_error} values x "

@@ -267,13 +267,13 @@ def run_banks(path):
     error banks, bank_vid, bank_noise and bank_roll (empty unless the run had --error-source
     rollout or both)."""
     ckpt = load_checkpoint(path)
-    if "bank_vid" not in ckpt:
+    if ckpt.banks is None:
         raise ValueError(f"{path}: no error banks; give the ckpt.pt of a train.py --erft run")
     cfg = config_of(ckpt)
     banks = [ErrorBank(torch.zeros(1), cfg.capacity, cfg.replace) for _ in range(3)]
-    for bank, key in zip(banks, ("bank_vid", "bank_noise", "bank_roll")):  # times too
-        if key in ckpt:
-            bank.load_state_dict(ckpt[key])
+    for bank, state in zip(banks, ckpt.banks):  # times too
+        if state is not None:
+            bank.load_state_dict(state)
     return cfg, banks
 
 

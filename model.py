@@ -26,7 +26,7 @@ Try it: python model.py   (prints the parameter count of every preset)
 """
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
@@ -404,44 +404,66 @@ class Sampling:
     world: str = ""           # the synthetic world it was trained on (data.WORLDS)
 
 
-def save_checkpoint(path: str, state: dict):
-    """Write to a temporary file, then rename: a crash at any moment leaves the old one intact.
-    state holds model_cfg and sampling (dicts of DiTConfig and Sampling) and the weights."""
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+BANKS = ("bank_vid", "bank_noise", "bank_roll")  # a run's error banks (train.Run), on disk
 
 
-def load_checkpoint(path: str) -> dict:
-    """A checkpoint as plain tensors and dicts. It is never unpickled as code (weights_only=True):
+@dataclass
+class Checkpoint:
+    """What a checkpoint holds; its keys are spelled here alone. On disk it is a dict of plain
+    tensors, numbers and strings, so it loads with weights_only=True. An export (train.py
+    --export) holds the EMA weights, the step and the configs; a run's ckpt.pt holds more."""
+    model_cfg: DiTConfig
+    sampling: Sampling
+    ema: dict | None = None        # the EMA weights: what every script samples with
+    step: int = 0
+    train_cfg: dict = field(default_factory=dict)  # train.TrainConfig as it trained, a dict
+    model: dict | None = None      # a run's: the weights being trained,
+    optimizer: dict | None = None  # the optimiser's state,
+    banks: tuple | None = None     # and with --erft the states of its BANKS (ErrorBank)
+
+
+def save_checkpoint(path: str, ckpt: Checkpoint):
+    """Write to a temporary file, then rename: a crash at any moment leaves the old one intact."""
+    state = dict(model_cfg=asdict(ckpt.model_cfg), sampling=asdict(ckpt.sampling), ema=ckpt.ema,
+                 step=ckpt.step, train_cfg=ckpt.train_cfg, **dict(zip(BANKS, ckpt.banks or ())))
+    if ckpt.model is not None:
+        state.update(model=ckpt.model, optimizer=ckpt.optimizer)
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_checkpoint(path: str) -> Checkpoint:
+    """A checkpoint of plain tensors and dicts. It is never unpickled as code (weights_only=True):
     a file that would need that, or is no checkpoint at all, is refused with a ValueError."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle.UnpicklingError for code, RuntimeError for a broken file
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path}: refused, not a plain-tensor checkpoint (loading it would need "
                          f"arbitrary unpickling, or the file is damaged): {first_line}")
-    if not isinstance(ckpt, dict) or "model_cfg" not in ckpt:
+    if not isinstance(state, dict) or "model_cfg" not in state:
         raise ValueError(f"{path}: not a checkpoint written by svi's train.py")
-    ckpt["model_cfg"].setdefault("rope", False)  # written before rotary positions existed
-    if ckpt["model_cfg"].get("prediction", "v") not in ("v", "x"):
-        raise ValueError(f"{path}: prediction {ckpt['model_cfg']['prediction']!r}; this svi "
+    if state["model_cfg"].get("prediction", "v") not in ("v", "x"):
+        raise ValueError(f"{path}: prediction {state['model_cfg']['prediction']!r}; this svi "
                          "knows v and x")
-    if "sampling" not in ckpt:  # written before checkpoints recorded it, or the world had presets
-        old = ckpt.get("train_cfg", {})
-        ckpt["sampling"] = dict(motion_frames=old.get("motion_frames", 2),
-                                shift=old.get("shift", 1.0), world=old.get("world", "hard"))
-    return ckpt
+    if "sampling" not in state:  # written before checkpoints recorded it (checkpoints/base.pt)
+        old = state.get("train_cfg", {})
+        state["sampling"] = dict(motion_frames=old.get("motion_frames", 2),
+                                 shift=old.get("shift", 1.0), world=old.get("world", "hard"))
+    banks = tuple(state.get(name) for name in BANKS) if BANKS[0] in state else None
+    rest = {k: state[k] for k in ("ema", "step", "train_cfg", "model", "optimizer") if k in state}
+    return Checkpoint(DiTConfig(**state["model_cfg"]), Sampling(**state["sampling"]),
+                      banks=banks, **rest)
 
 
-def from_checkpoint(path: str, ema: bool = True, device="cpu") -> VideoDiT:
-    """A model rebuilt from a checkpoint (its EMA weights unless ema=False), in eval mode, with
-    the checkpoint's sampling defaults as model.sampling."""
+def from_checkpoint(path: str, device="cpu") -> VideoDiT:
+    """A model rebuilt from a checkpoint's EMA weights, in eval mode, with the checkpoint's
+    sampling defaults as model.sampling."""
     ckpt = load_checkpoint(path)
-    model = VideoDiT(DiTConfig(**ckpt["model_cfg"]), Sampling(**ckpt["sampling"]))
-    model.load_state_dict(merged_state_dict(ckpt["ema" if ema else "model"]))
+    model = VideoDiT(ckpt.model_cfg, ckpt.sampling)
+    model.load_state_dict(merged_state_dict(ckpt.ema))
     return model.to(device).eval()
 
 

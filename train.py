@@ -40,8 +40,8 @@ from data import (DEFAULT_WORLD, WORLDS, ShapesSource, ShapesWorld, VideoFolder,
 from errors import (ErrorBank, conditioning_error, gather_from_ranks, inject, one_step_errors,
                     vanish)
 from flow import euler_sample, flow_loss, interpolate, sample_t, schedule, velocity_target
-from model import (PRESETS, DiTConfig, Sampling, VideoDiT, add_lora, condition, load_checkpoint,
-                   merged_state_dict, save_checkpoint, tokenize)
+from model import (PRESETS, Checkpoint, DiTConfig, Sampling, VideoDiT, add_lora, condition,
+                   load_checkpoint, merged_state_dict, save_checkpoint, tokenize)
 from sample import device_problems, fail, not_positive, pick_device, rollout, world_start
 
 
@@ -214,10 +214,10 @@ def check(cfg: TrainConfig):
     fail(problems)
 
 
-def config_of(ckpt: dict) -> TrainConfig:
+def config_of(ckpt: Checkpoint) -> TrainConfig:
     """The TrainConfig a checkpoint was trained with (flags that no longer exist are dropped)."""
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in ckpt["train_cfg"].items() if k in known})
+    return TrainConfig(**{k: v for k, v in ckpt.train_cfg.items() if k in known})
 
 
 def model_sizes(cfg: TrainConfig) -> dict:
@@ -346,13 +346,13 @@ class Run:
     step: int = 0
 
 
-def model_config(cfg: TrainConfig, ckpt: dict | None, start: str) -> DiTConfig:
+def model_config(cfg: TrainConfig, ckpt: Checkpoint | None, start: str) -> DiTConfig:
     """The network's shape: the flags' (from scratch) or the checkpoint's, grown by --depth."""
     if ckpt is None:
         return DiTConfig(frames=cfg.frames, resolution=cfg.resolution, patch_t=cfg.patch_t,
                          patch_s=cfg.patch_s, rope=cfg.rope, prediction=cfg.prediction,
                          long_skip=cfg.long_skip, out_conv=cfg.out_conv, **model_sizes(cfg))
-    model_cfg = DiTConfig(**ckpt["model_cfg"])
+    model_cfg = ckpt.model_cfg
     if (model_cfg.frames, model_cfg.resolution) != (cfg.frames, cfg.resolution):
         fail([f"{start} was trained with --frames {model_cfg.frames} --resolution "
               f"{model_cfg.resolution}; pass the same"])
@@ -373,13 +373,13 @@ def build(cfg: TrainConfig, device: str) -> Run:
         fail([str(err)])
     model_cfg = model_config(cfg, ckpt, start)
     if not cfg.world:  # the world the checkpoint was trained on, else the default
-        cfg.world = ckpt["sampling"]["world"] if ckpt else DEFAULT_WORLD
+        cfg.world = ckpt.sampling.world if ckpt else DEFAULT_WORLD
     sampling = Sampling(cfg.motion_frames, cfg.shift, cfg.sample_steps, cfg.sample_eta,
                         cfg.guidance, cfg.world)  # how sample.py and eval.py will roll it out
     model = VideoDiT(model_cfg, sampling, cfg.grad_ckpt)
     if cfg.init_from and not cfg.resume:  # blocks the base lacks are appended, each the
         # identity (adaLN-Zero), so a grown model starts as the base
-        missing, unexpected = model.load_state_dict(merged_state_dict(ckpt["ema"]), strict=False)
+        missing, unexpected = model.load_state_dict(merged_state_dict(ckpt.ema), strict=False)
         assert not unexpected and all(k.startswith("blocks.") for k in missing), missing
     ema = VideoDiT(model_cfg, sampling)
     for net in (model, ema) if cfg.lora_rank > 0 else ():
@@ -396,13 +396,13 @@ def build(cfg: TrainConfig, device: str) -> Run:
              ((times, cfg.capacity), (times, cfg.capacity), ([0.0], cfg.buckets * cfg.capacity))]
     run = Run(model, ema, optimizer, *banks)
     if cfg.resume:
-        model.load_state_dict(ckpt["model"])
-        ema.load_state_dict(ckpt["ema"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        for name in ("bank_vid", "bank_noise", "bank_roll"):
-            if name in ckpt:
-                getattr(run, name).load_state_dict(ckpt[name])
-        run.step = ckpt["step"]
+        model.load_state_dict(ckpt.model)
+        ema.load_state_dict(ckpt.ema)
+        optimizer.load_state_dict(ckpt.optimizer)
+        for bank, state in zip(banks, ckpt.banks or ()):
+            if state is not None:
+                bank.load_state_dict(state)
+        run.step = ckpt.step
     return run
 
 
@@ -559,19 +559,17 @@ def log_line(run: Run, cfg: TrainConfig, losses: list, seconds: float, log):
 def save(run: Run, cfg: TrainConfig, path: str, export: bool = False):
     """The checkpoint (weights, EMA, optimiser, step, configs, banks); with export, the EMA alone,
     LoRA folded in, in half precision: small, for sharing."""
-    configs = dict(model_cfg=dataclasses.asdict(run.model.cfg), train_cfg=dataclasses.asdict(cfg),
-                   sampling=dataclasses.asdict(run.ema.sampling))
+    ckpt = Checkpoint(run.model.cfg, run.ema.sampling, run.ema.state_dict(), run.step,
+                      dataclasses.asdict(cfg))
     if export:
-        half = {k: v.half() if v.is_floating_point() else v
-                for k, v in merged_state_dict(run.ema.state_dict()).items()}
+        ckpt.ema = {k: v.half() if v.is_floating_point() else v
+                    for k, v in merged_state_dict(ckpt.ema).items()}
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        return save_checkpoint(path, dict(ema=half, step=run.step, **configs))
-    state = dict(model=run.model.state_dict(), ema=run.ema.state_dict(),
-                 optimizer=run.optimizer.state_dict(), step=run.step, **configs)
-    if cfg.erft:
-        state.update(bank_vid=run.bank_vid.state_dict(), bank_noise=run.bank_noise.state_dict(),
-                     bank_roll=run.bank_roll.state_dict())
-    save_checkpoint(path, state)
+    else:
+        ckpt.model, ckpt.optimizer = run.model.state_dict(), run.optimizer.state_dict()
+        banks = run.bank_vid, run.bank_noise, run.bank_roll
+        ckpt.banks = tuple(bank.state_dict() for bank in banks) if cfg.erft else None
+    save_checkpoint(path, ckpt)
 
 
 def main(cfg: TrainConfig):

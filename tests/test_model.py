@@ -76,8 +76,8 @@ def test_a_checkpoint_loads_with_its_recorded_prediction_or_is_refused(tmp_path)
     for name, cfg in (("old", old_cfg), ("x", asdict(replace(CFG, prediction="x"))),
                       ("eps", asdict(replace(CFG, prediction="eps")))):
         torch.save({"model_cfg": cfg, "sampling": {}}, tmp_path / f"{name}.pt")
-    assert DiTConfig(**load_checkpoint(str(tmp_path / "old.pt"))["model_cfg"]).prediction == "v"
-    assert load_checkpoint(str(tmp_path / "x.pt"))["model_cfg"]["prediction"] == "x"
+    assert load_checkpoint(str(tmp_path / "old.pt")).model_cfg.prediction == "v"
+    assert load_checkpoint(str(tmp_path / "x.pt")).model_cfg.prediction == "x"
     with pytest.raises(ValueError, match="eps.pt: prediction 'eps'; this svi knows v and x"):
         load_checkpoint(str(tmp_path / "eps.pt"))
 
@@ -134,20 +134,11 @@ def test_rotary_positions_add_no_weights_and_can_be_left_out():
     assert a.shape == b.shape == x.shape and not torch.allclose(a, b)
 
 
-def test_a_checkpoint_from_before_rotary_positions_loads_without_them(tmp_path):
-    old_cfg = asdict(replace(CFG, rope=False))
-    del old_cfg["rope"]  # such checkpoints do not name the field
-    torch.save({"model_cfg": old_cfg}, tmp_path / "old.pt")
-    torch.save({"model_cfg": asdict(CFG)}, tmp_path / "new.pt")
-    assert load_checkpoint(str(tmp_path / "old.pt"))["model_cfg"]["rope"] is False
-    assert load_checkpoint(str(tmp_path / "new.pt"))["model_cfg"]["rope"] is True
-
-
 def test_a_checkpoint_from_before_sampling_was_recorded_takes_it_from_training(tmp_path):
     torch.save({"model_cfg": asdict(CFG), "train_cfg": {"motion_frames": 3, "shift": 2.0}},
                tmp_path / "old.pt")  # nor did it name its world: the hard one, then the only
-    sampling = load_checkpoint(str(tmp_path / "old.pt"))["sampling"]
-    assert Sampling(**sampling) == Sampling(motion_frames=3, shift=2.0, world="hard")
+    sampling = load_checkpoint(str(tmp_path / "old.pt")).sampling
+    assert sampling == Sampling(motion_frames=3, shift=2.0, world="hard")
 
 
 def test_overfits_one_batch():

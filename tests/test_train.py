@@ -28,7 +28,7 @@ def run_with_crash(cfg, monkeypatch, at_step):
 
     def save_then_crash(path, state):
         save(path, state)
-        if state["step"] == at_step:
+        if state.step == at_step:
             raise Crash
 
     monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
