@@ -6,33 +6,14 @@ eval.py: the drift benchmark. Do long rollouts stay like the world, clip after c
     python eval.py --quick --ckpt base=out/ckpt.pt            # a small, fast run
     python eval.py --setting consistent --chunks 1 --seeds 64 --noise-seed 1 \
         --ckpt base=checkpoints/base.pt          # the first-clip check, another draw of noise
-
-and the three diagnostics that say why a method wins or not (docs/measuring-drift.md), each writing
-DIAGNOSTIC.md and DIAGNOSTIC.png to --out:
-
-    python eval.py --diagnostic headroom --ckpt clean=runs/clean/ckpt.pt   # exposure bias
-    python eval.py --diagnostic response --bank runs/erft/ckpt.pt --ckpt base=checkpoints/base.pt \
-        --ckpt erft=runs/erft/ckpt.pt            # does the model correct an error or amplify it?
-    python eval.py --diagnostic errors --bank runs/erft/ckpt.pt --ckpt erft=runs/erft/ckpt.pt
-
-- headroom: each clip k = 1..10 and 50 teacher-forced (conditioned on the real frames before it)
-  against free-running (on the model's own previous clip); the gap is the exposure bias, all
-  that any anti-drift method can remove;
-- response: the next clip's RMS error against the real one when an error is put on the real
-  motion frames (the model's own rollout error, banked one-step errors, Gaussian noise, a shape
-  erased that the anchor still shows) at 0, 0.5, 1 and 2 times the size of a rollout error; the
-  slope says whether it corrects (< 1) or amplifies (> 1) what it is given, and the next clip's
-  count error whether an erased shape comes back;
-- errors: banked one-step errors per flow-time bucket (and banked rollout errors, if the run has
-  any) against rollout errors per clip: RMS, the share of energy at low spatial frequency, the
-  shapes a frame loses when the error is put on real frames, and a picture of a few of each.
+    python eval.py --diagnostic headroom --ckpt clean=runs/clean/ckpt.pt   # diagnose.py: why
 
 Three settings, as in the paper: consistent (one prompt, shot mode), creative (a scene event and
-a new prompt every few clips, film mode) and conditional (shape 0 follows a control stream). For
-every checkpoint, on the same seeds, a rollout of --chunks clips starts from the first frames of
-a synthetic world, and each clip's new frames are scored against the real video of that world.
-The world draws from a fixed palette with hard edges, so every metric is exact and needs no
-network:
+a new prompt every EVENT_EVERY clips, film mode) and conditional (shape 0 follows a control
+stream). For every checkpoint, on the same seeds, a rollout of --chunks clips starts from the
+first frames of a synthetic world, and each clip's new frames are scored against the real video
+of that world. The world draws from a fixed palette with hard edges, so every metric is exact
+and needs no network:
 
   palette     share of pixels off the palette (blur, colour cast, noise)          ideal 0
   count       |objects - objects in the real frame| (lost or split shapes)        ideal 0
@@ -46,36 +27,43 @@ network:
   dynamics    centroid acceleration, pixels/frame^2 (constant velocity: 0)        ideal ~0
   control     distance of shape 0 to its control keypoint, pixels (conditional)   ideal 0
 
-Outputs in --out: results.md (mean and 95% interval over seeds, first clip, last clip, drift),
-curves.png (each metric per clip), side_by_side_SETTING.mp4 (real | each method, for the world
---video-seed) and scores_SETTING.npz (every value per seed and clip, keyed "method/metric").
+Outputs in --out: results.md (mean and 95% interval over seeds, first clip, last clip, drift;
+and the first-clip check: how many rollouts have the real objects in clip 1), curves.png (each
+metric per clip), side_by_side_SETTING.mp4 (real | each method, for the world --video-seed) and
+scores_SETTING.npz (every value per seed and clip, keyed "method/metric").
 """
 import argparse
 import os
 import warnings
+from typing import NamedTuple
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 
 from data import (BACKGROUNDS, COLOURS, DEFAULT_WORLD, KINDS, PALETTE, WORLDS, ShapesWorld,
-                   VideoWriter, to_uint8, to_unit, writable_folder)
-from errors import ErrorBank, vanish
-from model import condition, from_checkpoint, load_checkpoint
+                  VideoWriter, to_uint8, to_unit, writable_folder)
+from model import condition, from_checkpoint
 from sample import (add_sampler_flags, device_problems, fail, generate_clip, not_positive,
                     pick_device, rollout, sampler_problems, sampling_of)
-from train import config_of
 
 OFF_PALETTE = 48.0   # RGB distance beyond which a pixel matches no palette colour
 MIN_AREA = 3         # pixels a connected blob needs to count as an object
 SETTINGS = ("consistent", "creative", "conditional")  # the paper's three
 FILM = ("creative", "film")  # no anchor; "film" is consistent without it (which anchor is best?)
+EVENT_EVERY = 5      # clips between scene events in the creative setting
 METRICS = ("palette", "count", "colours", "kinds", "match", "background", "sharpness", "motion",
            "dynamics", "control")
 
 
 # -----------------------------------------------------------------------------
 # Per-frame measurements, on uint8 frames [T, H, W, 3]
+
+class Blob(NamedTuple):
+    """A connected blob of one colour. Blobs compare by area first: max() is the largest."""
+    area: int           # pixels
+    centre: tuple       # centroid (x, y), pixel i spanning [i, i + 1)
+    kind: int           # index into KINDS (kind_of)
+
 
 def nearest_palette(frames):
     """Index of the nearest palette colour [T, H, W] and the distance to it."""
@@ -95,9 +83,8 @@ def kind_of(ys, xs) -> int:
         KINDS.index("triangle") if upper < 0.35 else KINDS.index("circle")
 
 
-def components(mask):
-    """Connected blobs (4-neighbours) of a boolean image [H, W]:
-    [(pixel count, centroid (x, y), kind_of)], pixel i spanning [i, i + 1). A flood fill."""
+def components(mask) -> list[Blob]:
+    """Connected blobs (4-neighbours) of a boolean image [H, W]. A flood fill."""
     todo = set(zip(*(a.tolist() for a in np.nonzero(mask))))
     blobs = []
     while todo:
@@ -110,13 +97,12 @@ def components(mask):
                     todo.remove(near)
                     stack.append(near)
         ys, xs = np.array(pixels, dtype=np.float64).T
-        blobs.append((len(pixels), (xs.mean() + 0.5, ys.mean() + 0.5), kind_of(ys, xs)))
+        blobs.append(Blob(len(pixels), (xs.mean() + 0.5, ys.mean() + 0.5), kind_of(ys, xs)))
     return blobs
 
 
 def objects(frames, nearest=None):
-    """Per frame, per shape colour index found: its blobs [(area, centroid, kind)], small ones
-    out.
+    """Per frame, per shape colour index found: its blobs [Blob], small ones out.
     nearest: nearest_palette(frames), if already computed."""
     index, dist = nearest_palette(frames) if nearest is None else nearest
     out = []
@@ -124,7 +110,8 @@ def objects(frames, nearest=None):
         found = {}
         for c in np.unique(i[d <= OFF_PALETTE]).tolist():
             if c < len(COLOURS):
-                blobs = [b for b in components((i == c) & (d <= OFF_PALETTE)) if b[0] >= MIN_AREA]
+                blobs = [b for b in components((i == c) & (d <= OFF_PALETTE))
+                         if b.area >= MIN_AREA]
                 if blobs:
                     found[c] = blobs
         out.append(found)
@@ -133,7 +120,7 @@ def objects(frames, nearest=None):
 
 def centroid_steps(found, lag):
     """Per colour seen as exactly one blob in frames j - lag .. j: its centroids, [(c0, ..)]."""
-    single = [{c: b[0][1] for c, b in f.items() if len(b) == 1} for f in found]
+    single = [{c: b[0].centre for c, b in f.items() if len(b) == 1} for f in found]
     return [[np.array(single[j - i][c]) for i in range(lag, -1, -1)]
             for j in range(lag, len(single)) for c in set.intersection(
                 *(set(single[j - i]) for i in range(lag + 1)))]
@@ -147,7 +134,7 @@ def score_clip(fake, real, background, control=None):
     count = np.array([abs(sum(map(len, f.values())) - sum(map(len, w.values())))
                       for f, w in zip(found, wanted)])        # [T]
     colours = np.array([len(set(f) ^ set(w)) for f, w in zip(found, wanted)])  # [T]
-    kinds = np.array([sum(sorted(b[2] for b in f[c]) != sorted(b[2] for b in w[c])
+    kinds = np.array([sum(sorted(b.kind for b in f[c]) != sorted(b.kind for b in w[c])
                           for c in set(f) & set(w)) for f, w in zip(found, wanted)])  # [T]
     bg = np.array(list(BACKGROUNDS.values())[background], dtype=np.float32)
     median = np.median(fake.reshape(len(fake), -1, 3).astype(np.float32), axis=1)  # [T, 3]
@@ -170,7 +157,7 @@ def score_clip(fake, real, background, control=None):
         colour, keypoints = control
         miss = fake.shape[1] / 2  # a lost shape counts as half the frame away
         scores["control"] = float(np.mean([
-            np.linalg.norm(np.subtract(max(f[colour])[1], k)) if colour in f else miss
+            np.linalg.norm(np.subtract(max(f[colour]).centre, k)) if colour in f else miss
             for f, k in zip(found, keypoints)]))
     return scores
 
@@ -178,117 +165,62 @@ def score_clip(fake, real, background, control=None):
 # -----------------------------------------------------------------------------
 # The real video of each seed, and each model's rollout from its first frames
 
-def real_clips(seed, setting, chunks, T, m, res, event_every, preset=DEFAULT_WORLD):
-    """The real world (of a data.WORLDS preset), clip by clip, laid out as a rollout: clip 0 has
-    T frames, later clips T - m new ones. Per clip: frames, prompt, background, control info and
-    control stream."""
+class RealClip(NamedTuple):
+    """Clip k of a real world, laid out as a rollout is, and what its scores need."""
+    frames: np.ndarray      # uint8 [T', H, W, 3] its new frames: T in clip 0, T - m later
+    prompt: str
+    background: int         # index into BACKGROUNDS
+    stream: np.ndarray      # [T, 2] the control stream of the T frames clip k generates
+    control: tuple | None   # conditional setting: (colour index of shape 0, keypoints [T', 2])
+
+
+class RealWorld(NamedTuple):
+    first: np.ndarray       # uint8 [m, H, W, 3] the first frames, where every rollout starts
+    clips: list             # [RealClip], one per clip
+
+
+def real_world(seed, setting, chunks, T, m, res, preset=DEFAULT_WORLD) -> RealWorld:
+    """The real world of a seed (a data.WORLDS preset), clip by clip, laid out as a rollout."""
     world = ShapesWorld(seed, res, preset, control=setting == "conditional")
     first = world.frames(m)
     clips = []
     for k in range(chunks):
-        if setting == "creative" and k > 0 and k % event_every == 0:
+        if setting == "creative" and k > 0 and k % EVENT_EVERY == 0:
             world.event()  # the scene changes after the motion frames, with a new prompt
         new = world.frames(T - m)
         frames = np.concatenate([first, new]) if k == 0 else new
         times = np.arange(T) + k * (T - m)  # the frames clip k generates, motion slots included
-        shown = np.stack([world.truth[t]["visible"] for t in times[:m]])  # [m, shapes]
-        clip = dict(frames=frames, prompt=world.prompt(), background=world.background,
-                    stream=np.stack([world.control_vector(s) for s in times]),
-                    hidden=bool((shown.max(0) < 0.5).any()))  # a shape mostly behind another
+        stream = np.stack([world.control_vector(s) for s in times])  # [T, 2]
+        control = None
         if setting == "conditional":
             keypoints = np.stack([world.keypoint(s["time"]) for s in world.truth[-len(frames):]])
-            clip["control"] = (int(world.colour[0]), keypoints)
-        clips.append(clip)
-    return first, clips
+            control = (int(world.colour[0]), keypoints)
+        clips.append(RealClip(frames, world.prompt(), world.background, stream, control))
+    return RealWorld(first, clips)
+
+
+def real_worlds(model, setting, seeds, chunks, preset=DEFAULT_WORLD) -> list[RealWorld]:
+    """The real worlds 0 .. seeds - 1 at the model's clip size, what every score compares with."""
+    T, m, res = model.cfg.frames, model.sampling.motion_frames, model.cfg.resolution
+    return [real_world(s, setting, chunks, T, m, res, preset) for s in range(seeds)]
 
 
 def conditions(reals, setting, device):
     """What every seed's rollout is conditioned on: the first motion frames [S, C, m, H, W], the
     anchor [S, C, H, W] (None in film mode), prompts(k) and controls(k) of clip k (0-based;
     [S, T, 2] or None), on device."""
-    first = torch.stack([to_unit(f) for f, _ in reals]).to(device)  # [S, C, m, H, W]
+    first = torch.stack([to_unit(w.first) for w in reals]).to(device)  # [S, C, m, H, W]
     anchor = None if setting in FILM else first[:, :, 0]
-    prompts = lambda k: [clips[k]["prompt"] for _, clips in reals]
-    stream = lambda k: torch.from_numpy(np.stack([c[k]["stream"] for _, c in reals])).float()
+    prompts = lambda k: [w.clips[k].prompt for w in reals]
+    stream = lambda k: torch.from_numpy(np.stack([w.clips[k].stream for w in reals])).float()
     controls = (lambda k: stream(k).to(device)) if setting == "conditional" else lambda k: None
     return first, anchor, prompts, controls
-
-
-def evaluate(models, setting, seeds, chunks, event_every, sampling, video_path=None,
-             noise_seed=0, video_seed=0, world=DEFAULT_WORLD, forced=False):
-    """Scores [method][metric] -> [seeds, chunks], for the real video ("real") and each model,
-    whose sampler draws its noise from noise_seed (the same noise for every model); each clip
-    conditioned on the model's own previous clip (free-running), or with forced on the real
-    frames before it (teacher-forced: what the base gets wrong before any drift);
-    scores["real"]["hidden"] is 1 where the real motion frames of a clip show less than half of
-    some shape, in each of them (the world's truth): a shape mostly behind another."""
-    some = next(iter(models.values()))
-    T, res, m = some.cfg.frames, some.cfg.resolution, some.sampling.motion_frames
-    reals = [real_clips(s, setting, chunks, T, m, res, event_every, world) for s in range(seeds)]
-    scores = {name: {metric: np.zeros((seeds, chunks)) for metric in METRICS}
-              for name in ["real", *models]}
-    scores["real"]["hidden"] = np.array([[c["hidden"] for c in clips] for _, clips in reals],
-                                        dtype=np.float64)  # [seeds, chunks]
-    shown = {name: [] for name in ["real", *models]}  # video_seed's frames, for the video
-    for name in ["real", *models]:  # per clip, uint8 frames of every seed
-        if name == "real":  # the real video scored against itself: the ideal values
-            fakes = ([c[k]["frames"] for _, c in reals] for k in range(chunks))
-        else:
-            model = models[name]
-            device = next(model.parameters()).device
-            if forced:  # each clip k from the real frames before it
-                clips = (one_clip(model, motion_before(reals, k, T, m), reals, k, setting,
-                                  sampling, noise_seed) for k in range(1, chunks + 1))
-            else:
-                gen = torch.Generator().manual_seed(noise_seed)
-                clips = rollout(model, *conditions(reals, setting, device), chunks, gen,
-                                **sampling)
-            fakes = ([to_uint8(video) for video in clip] for clip in clips)
-        for k, fake in enumerate(fakes):
-            for s in range(seeds):
-                real = reals[s][1][k]
-                for metric, value in score_clip(fake[s], real["frames"], real["background"],
-                                                real.get("control")).items():
-                    scores[name][metric][s, k] = value
-            shown[name].append(fake[video_seed])
-    if video_path:
-        writer = VideoWriter(video_path)
-        for k in range(chunks):  # real | each method, side by side
-            writer.write(np.concatenate([shown[name][k] for name in shown], axis=2))
-        writer.close()
-    return scores
-
-
-# -----------------------------------------------------------------------------
-# Do the models undo the errors ERFT trains on? The flow loss with and without them
-
-def run_banks(path):
-    """An ERFT run's checkpoint (train.py --erft: its ckpt.pt): its TrainConfig and its three
-    error banks, bank_vid, bank_noise and bank_roll (empty unless the run had --error-source
-    rollout or both)."""
-    ckpt = load_checkpoint(path)
-    if ckpt.banks is None:
-        raise ValueError(f"{path}: no error banks; give the ckpt.pt of a train.py --erft run")
-    cfg = config_of(ckpt)
-    banks = [ErrorBank(torch.zeros(1), cfg.capacity, cfg.replace) for _ in range(3)]
-    for bank, state in zip(banks, ckpt.banks):  # times too
-        if state is not None:
-            bank.load_state_dict(state)
-    return cfg, banks
-
-
-# -----------------------------------------------------------------------------
-# Diagnostics: why a method wins or not (docs/measuring-drift.md)
-
-HEADROOM_CLIPS = (*range(1, 11), 50)  # the clips the headroom table shows (1-based)
-STRENGTHS = (0.0, 0.5, 1.0, 2.0)      # the response's error sizes, in units of a rollout error
-LOW = 0.125                           # "low" spatial frequency: within this share of the frame
 
 
 def motion_before(reals, k, T, m):
     """The real motion frames of clip k (1-based) of every seed: the m frames before its new
     ones, [S, C, m, H, W]."""
-    videos = [np.concatenate([c["frames"] for c in clips]) for _, clips in reals]
+    videos = [np.concatenate([c.frames for c in w.clips]) for w in reals]
     start = (k - 1) * (T - m)  # clip k covers video frames start .. start + T - 1
     return torch.stack([to_unit(v[start:start + m]) for v in videos])
 
@@ -306,231 +238,45 @@ def one_clip(model, motion, reals, k, setting, sampling, noise_seed):
     return clip if k == 1 else clip[:, :, m:]
 
 
-def headroom(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD,
-             event_every=5, clips=HEADROOM_CLIPS):
-    """Each model's scores per clip k, free-running (conditioned on its own previous clip) and
-    teacher-forced (on the real frames before clip k). -> {name: {"free" | "forced":
-    {metric: [seeds, len(clips)]}}}; the gap between the two is the exposure bias. Clip 1 is
-    conditioned on the real frames in both, with other draws of noise: its gap is the noise
-    floor."""
-    free = evaluate(models, setting, seeds, max(clips), event_every, sampling,
-                    noise_seed=noise_seed, world=world)
+def evaluate(models, setting, seeds, chunks, sampling, video_path=None, noise_seed=0,
+             video_seed=0, world=DEFAULT_WORLD, forced=False):
+    """Scores [method][metric] -> [seeds, chunks], for the real video ("real") and each model,
+    whose sampler draws its noise from noise_seed (the same noise for every model); each clip
+    conditioned on the model's own previous clip (free-running), or with forced on the real
+    frames before it (teacher-forced: what the base gets wrong before any drift)."""
     some = next(iter(models.values()))
-    T, m, res = some.cfg.frames, some.sampling.motion_frames, some.cfg.resolution
-    reals = [real_clips(s, setting, max(clips), T, m, res, event_every, world)
-             for s in range(seeds)]
-    out = {}
-    for name, model in models.items():
-        forced = {metric: np.zeros((seeds, len(clips))) for metric in METRICS}
-        for i, k in enumerate(clips):
-            new = one_clip(model, motion_before(reals, k, T, m), reals, k, setting, sampling,
-                           noise_seed)
-            for s, fake in enumerate(new):
-                real = reals[s][1][k - 1]
-                for metric, value in score_clip(to_uint8(fake), real["frames"],
-                                                real["background"], real.get("control")).items():
-                    forced[metric][s, i] = value
-        index = np.array(clips) - 1
-        out[name] = dict(free={metric: v[:, index] for metric, v in free[name].items()},
-                         forced=forced)
-    return out
-
-
-def headroom_table(result, clips=HEADROOM_CLIPS, metrics=("count", "palette", "match",
-                                                          "motion")) -> str:
-    lines = ["### headroom", "", "Mean over seeds, free-running / teacher-forced, per clip.", "",
-             "| model | metric | " + " | ".join(f"clip {k}" for k in clips) + " |",
-             "|---|---|" + "---|" * len(clips)]
-    mean = lambda v: np.nanmean(v) if not np.isnan(v).all() else float("nan")
-    for name, runs in result.items():
-        for metric in metrics:
-            cells = [f"{mean(runs['free'][metric][:, i]):.3f} / "
-                     f"{mean(runs['forced'][metric][:, i]):.3f}" for i in range(len(clips))]
-            lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-@torch.no_grad()
-def free_video(model, reals, chunks, setting, sampling, noise_seed=0):
-    """A model's free-running rollout of `chunks` clips from every seed's first frames, joined
-    (the overlaps dropped): [S, C, frames, H, W] on the CPU."""
-    device = next(model.parameters()).device
-    clips = rollout(model, *conditions(reals, setting, device), chunks,
-                    torch.Generator().manual_seed(noise_seed), **sampling)
-    return torch.cat([clip.cpu() for clip in clips], dim=2)
-
-
-def real_video(reals):
-    """The real videos of every seed, joined as a rollout is: [S, C, frames, H, W]."""
-    return torch.stack([to_unit(np.concatenate([c["frames"] for c in clips]))
-                        for _, clips in reals])
-
-
-def rms(x, dims=(1, 2, 3, 4)):
-    return x.float().pow(2).mean(dim=dims).sqrt()
-
-
-def put_error(source, own, bank, real, seed):
-    """An error of one source, RMS 1 per sample, of the shape of the real motion frames
-    [S, C, m, H, W]: the model's own rollout error (own), banked one-step errors (a window of the
-    clip's first m frames), Gaussian noise or a vanished shape, drawn from a generator of its own
-    (seed), so every model is given the same errors."""
-    gen, shape = torch.Generator().manual_seed(seed), real.shape
-    if source == "rollout":
-        e = own
-    elif source == "banked":
-        e = bank.sample_pooled(shape[0], gen)[:, :, :shape[2]]
-    elif source == "vanish":
-        e = vanish(real)
-    else:
-        e = torch.randn(shape, generator=gen)
-    return e / rms(e).clamp_min(1e-8).view(-1, 1, 1, 1, 1)  # [S] -> [S, 1, 1, 1, 1]
-
-
-@torch.no_grad()
-def response(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD, bank=None,
-             boundaries=(2, 3, 4), event_every=5):
-    """What an error on the real motion frames of clip k (k in boundaries) does to clip k: per
-    model and source of error (its own rollout error, banked one-step errors from `bank`, an
-    ErrorBank, Gaussian noise, or a shape erased: see vanish), scaled to STRENGTHS x `unit`,
-    the RMS of the first model's rollout errors, the mean over clips and seeds of: the RMS error
-    put in (after clipping to [-1, 1]), the next clip's RMS error against the real clip, the
-    RMS change of the next clip from the one made with no error (same noise: what the error
-    itself caused), and the next clip's object count error.
-    -> ({name: {source: {"put" | "error" | "change" | "count": [len(STRENGTHS)]}}}, unit)."""
-    some = next(iter(models.values()))
-    T, m, res = some.cfg.frames, some.sampling.motion_frames, some.cfg.resolution
-    reals = [real_clips(s, setting, max(boundaries), T, m, res, event_every, world)
-             for s in range(seeds)]
-    real_frames = real_video(reals)[:, :, :(max(boundaries) - 1) * (T - m) + m]
-    own = {}  # each model's rollout error on the motion frames before each boundary clip
-    for name, model in models.items():
-        error = free_video(model, reals, max(boundaries) - 1, setting, sampling,
-                           noise_seed) - real_frames
-        own[name] = {k: error[:, :, (k - 1) * (T - m):(k - 1) * (T - m) + m] for k in boundaries}
-    unit = float(torch.stack([rms(e) for e in next(iter(own.values())).values()]).mean())
-    sources = ["rollout"] + (["banked"] if bank is not None else []) + ["gaussian", "vanish"]
-    out = {name: {source: {key: np.zeros(len(STRENGTHS)) for key in ("put", "error", "change",
-                                                                      "count")}
-                  for source in sources} for name in models}
-    for k in boundaries:
-        real = motion_before(reals, k, T, m)
-        target = torch.stack([to_unit(c[k - 1]["frames"]) for _, c in reals])
-        for name, model in models.items():
-            for j, source in enumerate(sources):
-                seed = noise_seed * 1009 + 31 * k + j
-                e = put_error(source, own[name][k], bank, real, seed)
-                clean = None
-                for i, strength in enumerate(STRENGTHS):
-                    given = (real + unit * strength * e).clamp(-1, 1)
-                    new = one_clip(model, given, reals, k, setting, sampling, noise_seed).cpu()
-                    clean = new if clean is None else clean  # strength 0 comes first
-                    row = out[name][source]
-                    row["put"][i] += float(rms(given - real).mean()) / len(boundaries)
-                    row["error"][i] += float(rms(new - target).mean()) / len(boundaries)
-                    row["change"][i] += float(rms(new - clean).mean()) / len(boundaries)
-                    row["count"][i] += count_error(new, reals, k) / len(boundaries)
-    return out, unit
-
-
-def count_error(new, reals, k):
-    """The object count error of every seed's clip k (its new frames [S, C, T', H, W]) against
-    the real one, the mean over seeds: did an erased shape come back?"""
-    return float(np.mean([score_clip(to_uint8(v), c[k - 1]["frames"], c[k - 1]["background"])
-                          ["count"] for v, (_, c) in zip(new, reals)]))
-
-
-def slope(row):
-    """The gain of an error: the least-squares slope, through 0, of the change it makes to the
-    next clip against its size (both RMS). Under 1 the model shrinks what it is given."""
-    put, change = np.asarray(row["put"]), np.asarray(row["change"])
-    return float((put * change).sum() / max((put ** 2).sum(), 1e-12))
-
-
-def response_table(result, unit) -> str:
-    lines = ["### response", "",
-             f"The next clip's RMS error against the real clip when an error of RMS s x "
-             f"{unit:.3f} "
-             "(the first model's rollout error) is put on the real motion frames; the gain is the "
-             "slope of the change it makes to the next clip against its size: under 1 the model "
-             "corrects what it is given, over 1 it amplifies it. The count error is the next "
-             "clip's: does an erased shape come back? (Vanish at s = 2 erases it whole when twice "
-             "a rollout error outweighs the shape, on a black background.)", "",
-             "| model | error | " + " | ".join(f"s = {s:g}" for s in STRENGTHS) + " | gain | "
-             "count error, s = " + " / ".join(f"{s:g}" for s in STRENGTHS) + " |",
-             "|---|---|" + "---|" * (len(STRENGTHS) + 2)]
-    for name, rows in result.items():
-        for source, row in rows.items():
-            lines.append(f"| {name} | {source} | " + " | ".join(f"{v:.3f}" for v in row["error"])
-                         + f" | {slope(row):.2f} | "
-                         + " / ".join(f"{v:.2f}" for v in row["count"]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def low_share(e, cutoff=LOW):
-    """Share of an error's energy at low spatial frequency (radius <= cutoff x the frame side,
-    in cycles per frame), per error: e [N, C, T, H, W] -> [N]."""
-    power = torch.fft.fft2(e.float()).abs().pow(2)                  # [N, C, T, H, W]
-    f = torch.fft.fftfreq(e.shape[-1]) * e.shape[-1]                # cycles per frame
-    radius = (f[:, None] ** 2 + f[None] ** 2).sqrt()                 # [H, W]
-    low = power * (radius <= cutoff * e.shape[-1])
-    return low.sum(dim=(1, 2, 3, 4)) / power.sum(dim=(1, 2, 3, 4)).clamp_min(1e-12)
-
-
-def shapes_lost(errors, real):
-    """The shapes an error erases from the frames it is put on: per frame, the real shape colours
-    that real + error (clipped) no longer shows (a recoloured shape is lost too), the mean over
-    frames and errors. errors [N, C, T, H, W]; real [S, C, >= T, H, W], error i put on real
-    i mod S. A rollout error put on its own real frames gives the rollout back: its lost shapes."""
-    lost = []
-    for i, e in enumerate(errors.float()):
-        r = real[i % len(real), :, :e.shape[1]].float()  # [C, T, H, W]
-        fake, true = (objects(to_uint8(v)) for v in ((r + e).clamp(-1, 1), r))
-        lost += [len(set(w) - set(f)) for f, w in zip(fake, true)]
-    return float(np.mean(lost))
-
-
-def error_stats(bank, rollout_errors, real, bank_roll=None):
-    """RMS, low-frequency share and shapes_lost of the banked one-step errors per flow-time
-    bucket and of the banked rollout errors (bank_roll, if it holds any), put on `real` (clips
-    [S, C, T, H, W]), and of each group of rollout errors, put on their own real frames
-    ({label: (errors, real), each [N, C, T, H, W]}). -> rows (label, count, rms, low, lost)."""
-    groups = [(f"banked, t = {t:.2f}", bank.errors[b, :count], real)
-              for b, (t, count) in enumerate(zip(bank.times.tolist(), bank.count.tolist()))
-              if count]
-    if bank_roll is not None and len(bank_roll):
-        groups.append(("banked rollout errors", bank_roll.errors[0, :int(bank_roll.count[0])],
-                       real))
-    groups += [(label, e, r) for label, (e, r) in rollout_errors.items()]
-    return [(label, len(e), float(rms(e).mean()), float(low_share(e).mean()),
-             shapes_lost(e, r)) for label, e, r in groups]
-
-
-def errors_table(rows) -> str:
-    lines = ["### errors", "", f"Banked one-step errors per flow-time bucket against rollout "
-             f"errors: RMS, the share of energy within {LOW:g} x the frame side in spatial "
-             "frequency, and the shapes a frame loses when the error is put on real frames "
-             "(banked errors on the worlds' first clips, rollout errors on their own).", "",
-             "| errors | count | RMS | low-frequency share | shapes lost per frame |",
-             "|---|---|---|---|---|"]
-    lines += [f"| {label} | {n} | {r:.4f} | {low:.3f} | {lost:.3f} |"
-              for label, n, r, low, lost in rows]
-    return "\n".join(lines) + "\n"
-
-
-def error_picture(bank, rollout_errors, path, per_row=8):
-    """Top row: one banked error from each of per_row buckets (noisy left); bottom row: rollout
-    errors; each frame 0, scaled to its own range (grey = 0)."""
-    tile = lambda e: ((e / (e.abs().max() + 1e-8) + 1) * 127.5).round().clamp(0, 255).byte()
-    filled = [b for b, c in enumerate(bank.count.tolist()) if c]
-    pick = [filled[i] for i in np.linspace(0, len(filled) - 1, per_row).round().astype(int)]
-    top = [tile(bank.errors[b, 0, :, 0].float()) for b in pick]           # [C, H, W] each
-    bottom = [tile(e[:, 0]) for e in rollout_errors[:per_row]]
-    rows = [torch.cat(row, dim=2).permute(1, 2, 0).numpy() for row in (top, bottom)]
-    width = max(r.shape[1] for r in rows)
-    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255)
-            for r in rows]
-    iio.imwrite(path, np.concatenate(rows).repeat(4, 0).repeat(4, 1))
+    T, m = some.cfg.frames, some.sampling.motion_frames
+    reals = real_worlds(some, setting, seeds, chunks, world)
+    scores = {name: {metric: np.zeros((seeds, chunks)) for metric in METRICS}
+              for name in ["real", *models]}
+    shown = {name: [] for name in ["real", *models]}  # video_seed's frames, for the video
+    for name in ["real", *models]:  # per clip, uint8 frames of every seed
+        if name == "real":  # the real video scored against itself: the ideal values
+            fakes = ([w.clips[k].frames for w in reals] for k in range(chunks))
+        else:
+            model = models[name]
+            device = next(model.parameters()).device
+            if forced:  # each clip k from the real frames before it
+                clips = (one_clip(model, motion_before(reals, k, T, m), reals, k, setting,
+                                  sampling, noise_seed) for k in range(1, chunks + 1))
+            else:
+                gen = torch.Generator().manual_seed(noise_seed)
+                clips = rollout(model, *conditions(reals, setting, device), chunks, gen,
+                                **sampling)
+            fakes = ([to_uint8(video) for video in clip] for clip in clips)
+        for k, fake in enumerate(fakes):
+            for s, w in enumerate(reals):
+                real = w.clips[k]
+                for metric, value in score_clip(fake[s], real.frames, real.background,
+                                                real.control).items():
+                    scores[name][metric][s, k] = value
+            shown[name].append(fake[video_seed])
+    if video_path:
+        writer = VideoWriter(video_path)
+        for k in range(chunks):  # real | each method, side by side
+            writer.write(np.concatenate([shown[name][k] for name in shown], axis=2))
+        writer.close()
+    return scores
 
 
 # -----------------------------------------------------------------------------
@@ -577,15 +323,11 @@ def table(scores, setting, chunks, versus="", draws=1) -> str:
                          for mean, half in s]  # over clips, clip 1, the last clip
                 lines.append(f"| {metric} | {name} | " + " | ".join(cells) +
                              f" | {s[2][0] - s[1][0]:+.3f} |")
-    # the base-model check: does clip 1 keep the objects of the conditioning frames?
-    kept = lambda which: ", ".join(
-        f"{name} {int((by_metric['match'][which, 0] >= 0.5).sum())}/{int(which.sum())}"
-        for name, by_metric in scores.items())
-    hidden = scores["real"]["hidden"][:, 0] > 0  # [seeds]: the first frames mostly hide a shape
+    # the first-clip check: does clip 1 keep the objects of the conditioning frames?
+    kept = ", ".join(f"{name} {int((by_metric['match'][:, 0] >= 0.5).sum())}/"
+                     f"{len(by_metric['match'])}" for name, by_metric in scores.items())
     lines += ["", "Rollouts whose clip 1 has the real object count, colours and kinds in at least "
-              f"half its frames: {kept(np.ones_like(hidden))}. Of them, those whose conditioning "
-              f"frames show at least half of every shape: {kept(~hidden)}; those where a shape "
-              f"is mostly hidden in them: {kept(hidden)}."]
+              f"half its frames: {kept}."]
     return "\n".join(lines) + "\n"
 
 
@@ -616,78 +358,8 @@ def plot(all_scores, path):
     plt.close(fig)
 
 
-def diagnostic_plot(kind, result, path, clips=HEADROOM_CLIPS):
-    """headroom: count and palette per clip, free-running (solid) and teacher-forced (dashed);
-    response: the next clip's error against the error put in, per kind of error."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    panels = ("count", "palette") if kind == "headroom" else ("rollout", "banked", "gaussian",
-                                                               "vanish")
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8))
-    for ax, panel in zip(axes, panels):
-        for i, (name, runs) in enumerate(result.items()):
-            colour = f"C{i}"
-            if kind == "headroom":
-                x = np.arange(len(clips))
-                for style, run in (("-", "free"), ("--", "forced")):
-                    ax.plot(x, np.nanmean(runs[run][panel], axis=0), style, color=colour,
-                            label=f"{name} {run}")
-                ax.set_xticks(x, [str(k) for k in clips], fontsize=6)
-            elif panel in runs:
-                ax.plot(runs[panel]["put"], runs[panel]["error"], "o-", color=colour, label=name)
-        ax.set_title(panel, fontsize=8)
-        ax.set_xlabel("clip" if kind == "headroom" else "error put in (RMS)", fontsize=7)
-    axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def diagnose(args, models, sampling, world):
-    """Run one diagnostic; write DIAGNOSTIC.md and DIAGNOSTIC.png to --out."""
-    setting = args.setting if args.setting in (*SETTINGS, "film") else "consistent"
-    common = dict(setting=setting, seeds=args.seeds, sampling=sampling,
-                  noise_seed=args.noise_seed, world=world, event_every=args.event_every)
-    bank = bank_roll = None
-    if args.bank:
-        cfg, (bank, _, bank_roll) = run_banks(args.bank)
-        some = next(iter(models.values())).cfg
-        if (cfg.frames, cfg.resolution) != (some.frames, some.resolution):
-            raise ValueError(f"--bank {args.bank}: its errors are clips of --frames {cfg.frames} "
-                             f"--resolution {cfg.resolution}; the checkpoints' are "
-                             f"{some.frames} and {some.resolution}")
-    md, png = (os.path.join(args.out, f"{args.diagnostic}.{e}") for e in ("md", "png"))
-    if args.diagnostic == "headroom":
-        clips = tuple(k for k in HEADROOM_CLIPS if k <= args.chunks)
-        result = headroom(models, clips=clips, **common)
-        text = headroom_table(result, clips)
-        diagnostic_plot("headroom", result, png, clips)
-    elif args.diagnostic == "response":
-        result, unit = response(models, bank=bank, **common)
-        text = response_table(result, unit)
-        diagnostic_plot("response", result, png)
-    else:
-        model = next(iter(models.values()))
-        T, m = model.cfg.frames, model.sampling.motion_frames
-        reals = [real_clips(s, setting, args.chunks, T, m, model.cfg.resolution,
-                            args.event_every, world) for s in range(args.seeds)]
-        video = real_video(reals)  # [S, C, T + (chunks - 1)(T - m), H, W]
-        error = free_video(model, reals, args.chunks, setting, sampling, args.noise_seed) - video
-        clips, real = (v[:, :, T:].unflatten(2, (args.chunks - 1, T - m)).transpose(1, 2)
-                       for v in (error, video))  # each [S, chunks - 1, C, T - m, H, W]
-        groups = {f"rollout, clip {k}": (clips[:, k - 2], real[:, k - 2])
-                  for k in HEADROOM_CLIPS if 2 <= k <= args.chunks}
-        groups[f"rollout, clips 2-{args.chunks}"] = (clips.flatten(0, 1),
-                                                      real.flatten(0, 1))  # [S (chunks - 1), ...]
-        text = errors_table(error_stats(bank, groups, video[:, :, :T], bank_roll))
-        error_picture(bank, clips.flatten(0, 1), png)
-    with open(md, "w") as f:
-        f.write(f"{args.seeds} seeds, {setting}, {sampler_line(sampling)}; "
-                f"checkpoints: {', '.join(args.ckpt)}\n\n{text}")
-    print(text, flush=True)
-    return result if args.diagnostic != "errors" else text
-
+# -----------------------------------------------------------------------------
+# The command line
 
 def sampler_line(sampling: dict) -> str:
     return ("{steps} steps, eta {eta}, guidance {guidance}, shift {shift} (the first "
@@ -701,7 +373,7 @@ def parse_args(argv=None):
     p.add_argument("--setting", choices=["all", *SETTINGS, "film"], default="all",
                    help="film: consistent without the anchor")
     p.add_argument("--diagnostic", choices=["headroom", "response", "errors"], default=None,
-                   help="instead of the benchmark, one diagnostic:\n"
+                   help="instead of the benchmark, one diagnostic (diagnose.py):\n"
                         "headroom: each clip teacher-forced against free-running, clips 1-10 "
                         "and 50\nresponse: the next clip's error against an error put on the "
                         "real motion frames\nerrors: banked one-step errors (--bank) against "
@@ -712,7 +384,6 @@ def parse_args(argv=None):
     p.add_argument("--world", choices=list(WORLDS), default=None,
                    help="the kind of world (default: the first checkpoint's training world)")
     p.add_argument("--chunks", type=int, default=50, help="clips per rollout")
-    p.add_argument("--event-every", type=int, default=5, help="clips between scene events")
     add_sampler_flags(p)
     p.add_argument("--noise-seed", type=int, default=0,
                    help="seed of the sampler's noise, the same for every model (the worlds' "
@@ -738,8 +409,7 @@ def parse_args(argv=None):
 
 def check(args) -> list:
     """Reject bad flags with one line each (exit status 2) before any work; -> [(name, path)]."""
-    problems = not_positive(args, ("seeds", "chunks", "event_every", "draws")) + \
-        sampler_problems(args)
+    problems = not_positive(args, ("seeds", "chunks", "draws")) + sampler_problems(args)
     named = [c.split("=", 1) if "=" in c else [os.path.basename(os.path.dirname(c)) or c, c]
              for c in args.ckpt]
     if not 0 <= args.video_seed < args.seeds:
@@ -764,24 +434,20 @@ def check(args) -> list:
     return named
 
 
-def load_models(named, device) -> dict:
-    """The models by name, each with its checkpoint's sampling defaults (model.sampling)."""
-    try:
-        return {name: from_checkpoint(path, device=device) for name, path in named}
-    except ValueError as err:
-        fail([str(err)])
-
-
 def main(args):
     named = check(args)
-    models = load_models(named, pick_device(args.device))
+    try:  # the models by name, each with its checkpoint's sampling defaults (model.sampling)
+        models = {name: from_checkpoint(path, pick_device(args.device)) for name, path in named}
+    except ValueError as err:
+        fail([str(err)])
     first = next(iter(models.values()))
     world = args.world or first.sampling.world
     s = sampling_of(first, steps=args.sample_steps, shift=args.shift, guidance=args.guidance,
                     eta=args.eta)
     sampling = dict(steps=s.steps, shift=s.shift, guidance=s.guidance, eta=s.eta)  # for all
     os.makedirs(args.out, exist_ok=True)
-    if args.diagnostic:
+    if args.diagnostic:  # diagnose.py, which scores with this file's functions
+        from diagnose import diagnose
         try:
             return diagnose(args, models, sampling, world)
         except ValueError as err:
@@ -790,7 +456,7 @@ def main(args):
     all_scores, report = {}, []
     for setting in chosen:
         video = os.path.join(args.out, f"side_by_side_{setting}.mp4")
-        runs = [evaluate(models, setting, args.seeds, args.chunks, args.event_every, sampling,
+        runs = [evaluate(models, setting, args.seeds, args.chunks, sampling,
                          None if d else video, args.noise_seed + d, args.video_seed, world,
                          args.forced) for d in range(args.draws)]
         all_scores[setting] = {name: {metric: np.concatenate([r[name][metric] for r in runs])
