@@ -212,6 +212,26 @@ def world_start(worlds, m: int, device, shot: bool = True):
     return first, first[:, :, 0] if shot else None
 
 
+@torch.no_grad()
+def write_samples(model, path: str, chunks=3, worlds=2):
+    """Rollouts from ground-truth frames of fixed worlds (shot mode, the model's sampler), as
+    train.py writes them: a gif with the real video on the left of each rollout, and a png strip
+    next to it (per world a row of real frames, then a row of generated ones)."""
+    device, m = next(model.parameters()).device, model.sampling.motion_frames
+    ws = [ShapesWorld(seed, model.cfg.resolution, model.sampling.world) for seed in range(worlds)]
+    first, anchor = world_start(ws, m, device)  # [worlds, C, m, H, W], [worlds, C, H, W]
+    clips = list(rollout(model, first, anchor, lambda k: [w.prompt() for w in ws],
+                         lambda k: None, chunks, torch.Generator().manual_seed(0)))
+    fake = [to_uint8(v) for v in torch.cat(clips, dim=2)]               # W x [frames, H, W, 3]
+    real = [np.concatenate([to_uint8(f.cpu()), w.frames(len(v) - m)]) for f, w, v in
+            zip(first, ws, fake)]
+    writer = VideoWriter(path)
+    writer.write(np.concatenate([x for pair in zip(real, fake) for x in pair], axis=2))
+    writer.close()
+    strip = np.concatenate([np.concatenate(list(x), axis=1) for pair in zip(real, fake)
+                            for x in pair], axis=0)
+    iio.imwrite(path.replace(".gif", ".png"), strip.repeat(2, 0).repeat(2, 1))
+
 
 def start(args, world, T: int, m: int, device):
     """This video's first motion frames and anchor (--image or the world), and its storyline:

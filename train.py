@@ -28,21 +28,21 @@ import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import NamedTuple
 
-import imageio.v3 as iio
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from data import (DEFAULT_WORLD, WORLDS, ShapesSource, ShapesWorld, VideoFolder, VideoWriter,
-                  to_uint8, writable_folder)
-from errors import (ErrorBank, conditioning_error, gather_from_ranks, inject, one_step_errors,
-                    vanish)
-from flow import euler_sample, flow_loss, interpolate, sample_t, schedule, velocity_target
+from data import DEFAULT_WORLD, WORLDS, ShapesSource, VideoFolder, writable_folder
+from errors import (ErrorBank, conditioning_error, error_picture, gather_from_ranks, inject,
+                    one_step_errors, vanish)
+from flow import flow_loss, interpolate, sample_t, schedule, velocity_target
 from model import (PRESETS, Checkpoint, DiTConfig, Sampling, VideoDiT, add_lora, condition,
                    load_checkpoint, merged_state_dict, save_checkpoint, tokenize)
-from sample import device_problems, fail, not_positive, pick_device, rollout, world_start
+from sample import (device_problems, fail, generate_clip, not_positive, pick_device,
+                    write_samples)
 
 
 @dataclass
@@ -139,6 +139,11 @@ class TrainConfig:
     ckpt_every: int = 500
 
 
+CHOICES = dict(world=list(WORLDS), preset=list(PRESETS), prediction=["v", "x"],
+               t_sampling=["uniform", "logit-normal"], replace=["l2", "random", "fifo"],
+               error_source=["onestep", "rollout", "both"], precision=["auto", "bf16", "fp32"])
+
+
 def parse_args(argv=None) -> TrainConfig:
     """Flags generated from TrainConfig: --batch-size 32, --erft / --no-erft, ..."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -148,7 +153,7 @@ def parse_args(argv=None) -> TrainConfig:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type), f.type)
-            p.add_argument(flag, type=kind, default=f.default)
+            p.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name))
     return TrainConfig(**vars(p.parse_args(argv)))
 
 
@@ -160,20 +165,15 @@ def check(cfg: TrainConfig):
                                   "rollout_steps"))
     if cfg.motion_frames >= cfg.frames:
         problems.append(f"--motion-frames {cfg.motion_frames} must be fewer than --frames")
-    if cfg.preset not in PRESETS:
-        problems.append(f"--preset {cfg.preset}: choose one of {', '.join(PRESETS)}")
     if min(cfg.patch_t, cfg.patch_s) <= 0 or cfg.frames % cfg.patch_t or \
             cfg.resolution % cfg.patch_s:
         problems.append(f"--frames must divide by --patch-t {cfg.patch_t} and --resolution by "
                         f"--patch-s {cfg.patch_s}")
-    if cfg.preset in PRESETS:
-        sizes = model_sizes(cfg)
-        if sizes["width"] % sizes["heads"]:
-            problems.append(f"width {sizes['width']} must divide by heads {sizes['heads']}")
+    sizes = model_sizes(cfg)
+    if sizes["width"] % sizes["heads"]:
+        problems.append(f"width {sizes['width']} must divide by heads {sizes['heads']}")
     if cfg.anchor_gap < 0:
         problems.append("--anchor-gap must be 0 or more")
-    if cfg.error_source not in ("onestep", "rollout", "both"):
-        problems.append(f"--error-source {cfg.error_source}: choose onestep, rollout or both")
     if not cfg.erft and (cfg.error_source != "onestep" or cfg.img_t_max < 1):
         problems.append("--error-source and --img-t-max choose ERFT's errors: add --erft")
     if cfg.rollout_chain > 0 and cfg.error_source == "onestep":
@@ -181,8 +181,6 @@ def check(cfg: TrainConfig):
     if cfg.sample_steps > 0 and cfg.img_t_max < float(schedule(cfg.sample_steps, cfg.shift)[-2]):
         problems.append(f"--img-t-max {cfg.img_t_max} is below every bucket's flow time "
                         f"({float(schedule(cfg.sample_steps, cfg.shift)[-2]):.3f} the lowest)")
-    if cfg.replace not in ("l2", "random", "fifo"):
-        problems.append(f"--replace {cfg.replace}: choose l2, random or fifo")
     if cfg.init_from and not os.path.isfile(cfg.init_from):
         problems.append(f"--init-from {cfg.init_from}: no such file")
     if cfg.resume and not os.path.isfile(os.path.join(cfg.out, "ckpt.pt")):
@@ -194,30 +192,14 @@ def check(cfg: TrainConfig):
         problems.append(f"--export {cfg.export}: give a .pt path in a writable folder")
     if cfg.p_vanish > 0 and cfg.data != "shapes":
         problems.append("--p-vanish erases flat-coloured shapes: it needs --data shapes")
-    if cfg.data != "shapes" and not os.path.isdir(cfg.data):
-        problems.append(f"--data {cfg.data}: no such folder (or use --data shapes)")
-    if cfg.prediction not in ("v", "x"):
-        problems.append(f"--prediction {cfg.prediction}: choose v or x")
-    if cfg.t_sampling not in ("uniform", "logit-normal"):
-        problems.append(f"--t-sampling {cfg.t_sampling}: choose uniform or logit-normal")
     if cfg.t_std <= 0 or cfg.cond_leak < 0:
         problems.append("--t-std must be positive and --cond-leak 0 or more")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        problems.append(f"--precision {cfg.precision}: choose auto, bf16 or fp32")
     problems += device_problems(cfg.device)
-    if cfg.world and cfg.world not in WORLDS:
-        problems.append(f"--world {cfg.world}: choose one of {', '.join(WORLDS)}")
     for name in ("p_film", "p_uncond", "p_img", "p_vid", "p_noise", "p_clean", "p_bank_clean",
                  "p_vanish", "sample_eta", "img_t_max", "rollout_chain"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"--{name.replace('_', '-')} must be within [0, 1]")
     fail(problems)
-
-
-def config_of(ckpt: Checkpoint) -> TrainConfig:
-    """The TrainConfig a checkpoint was trained with (flags that no longer exist are dropped)."""
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in ckpt.train_cfg.items() if k in known})
 
 
 def model_sizes(cfg: TrainConfig) -> dict:
@@ -240,34 +222,22 @@ def update_ema(ema, model, decay):
         e.lerp_(p, 1 - decay)
 
 
-@torch.no_grad()
-def write_samples(model, cfg: TrainConfig, path: str, chunks=3, worlds=2):
-    """Rollouts from ground-truth frames of fixed worlds (shot mode): a gif with the real video
-    on the left of each rollout, and a png strip next to it (per world a row of real frames,
-    then a row of generated ones)."""
-    device = next(model.parameters()).device
-    m = cfg.motion_frames
-    ws = [ShapesWorld(seed, cfg.resolution, cfg.world) for seed in range(worlds)]
-    first, anchor = world_start(ws, m, device)  # [worlds, C, m, H, W], [worlds, C, H, W]
-    gen = torch.Generator().manual_seed(0)
-    clips = list(rollout(model, first, anchor, lambda k: [w.prompt() for w in ws],
-                         lambda k: None, chunks, gen))  # the sampler of model.sampling
-    fake = [to_uint8(v) for v in torch.cat(clips, dim=2)]               # W x [frames, H, W, 3]
-    real = [np.concatenate([to_uint8(f.cpu()), w.frames(len(v) - m)]) for f, w, v in
-            zip(first, ws, fake)]
-    writer = VideoWriter(path)
-    writer.write(np.concatenate([x for pair in zip(real, fake) for x in pair], axis=2))
-    writer.close()
-    strip = np.concatenate([np.concatenate(list(x), axis=1) for pair in zip(real, fake)
-                            for x in pair], axis=0)
-    iio.imwrite(path.replace(".gif", ".png"), strip.repeat(2, 0).repeat(2, 1))
+class Batch(NamedTuple):
+    """n training clips and everything drawn for them (make_batch), on the device but t."""
+    x0: torch.Tensor        # [B, C, T, H, W] the clips
+    noise: torch.Tensor     # [B, C, T, H, W]
+    t: torch.Tensor         # [B] flow times, on the CPU: the error banks file errors by them
+    cond: torch.Tensor      # [B, C + 1, T, H, W] mask and condition (model.condition): motion
+                            # frames, then the anchor (shot mode) or zeros (film mode)
+    prompts: list           # B prompts, "" where dropped (p_uncond)
+    ids: torch.Tensor       # [B, L + 1] their tokens, and the tokens' mask (model.tokenize)
+    mask: torch.Tensor      # [B, L + 1]
+    control: torch.Tensor   # [B, T, 2] control streams (NaN: none)
 
 
-def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device):
-    """n training clips and everything drawn for them: x0, noise, t, the condition (motion frames,
-    then the anchor, a frame of the clip or from before it, or zeros in film mode), prompt tokens
-    (dropped with p_uncond) and the control stream. All on `device` but the flow times t [n],
-    which stay on the CPU: the error banks file errors by their values."""
+def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device) -> Batch:
+    """n training clips from source, with their noise, flow times, conditions (the anchor a
+    frame of the clip or from before it), prompts and control streams."""
     T, m = cfg.frames, cfg.motion_frames
     video, prompts, control, anchor = source.clips(n, T, rng, cfg.anchor_gap)
     x0, control, anchor = video.to(device), control.to(device), anchor.to(device)
@@ -290,7 +260,7 @@ def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device
         sigma = cfg.cond_leak * t.view(-1, 1, 1, 1, 1)
         cond[:, 1:, :m] += sigma.to(device) * torch.randn(cond[:, 1:, :m].shape,
                                                           generator=gen).to(device)
-    return x0, noise, t, cond, ids, mask, control
+    return Batch(x0, noise, t, cond, prompts, ids, mask, control)
 
 
 # -----------------------------------------------------------------------------
@@ -300,7 +270,7 @@ def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device
 class Procs:
     """This process among the run's ranks: its device, and how it cuts its share of a batch."""
     rank: int
-    world_size: int     # ranks
+    ranks: int          # processes of the run (torchrun's WORLD_SIZE)
     device: str
     micro: int          # clips per forward pass
     accum: int          # forward passes per optimiser step
@@ -313,16 +283,16 @@ class Procs:
 
 def setup_processes(cfg: TrainConfig) -> Procs:
     """Plain python is one rank; under torchrun each process is one (DDP, NCCL on CUDA)."""
-    device, rank, world = pick_device(cfg.device), 0, int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
+    device, rank, ranks = pick_device(cfg.device), 0, int(os.environ.get("WORLD_SIZE", 1))
+    if ranks > 1:
         dist.init_process_group("nccl" if device == "cuda" else "gloo")
         rank = dist.get_rank()
         if device == "cuda":
             device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
             torch.cuda.set_device(device)
-    micro = cfg.micro_batch or cfg.batch_size // world
-    if cfg.batch_size % (world * micro):
-        fail([f"--batch-size {cfg.batch_size} must divide by {world} rank(s) x --micro-batch "
+    micro = cfg.micro_batch or cfg.batch_size // ranks
+    if cfg.batch_size % (ranks * micro):
+        fail([f"--batch-size {cfg.batch_size} must divide by {ranks} rank(s) x --micro-batch "
               f"{micro}"])
     if "cuda" in device:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -331,7 +301,7 @@ def setup_processes(cfg: TrainConfig) -> Procs:
                                        and torch.cuda.is_bf16_supported())  # Ampere and later
     autocast = torch.autocast(torch.device(device).type, torch.bfloat16) if bf16 else nullcontext()
     torch.manual_seed(cfg.seed)
-    return Procs(rank, world, device, micro, cfg.batch_size // (world * micro), autocast)
+    return Procs(rank, ranks, device, micro, cfg.batch_size // (ranks * micro), autocast)
 
 
 @dataclass
@@ -410,42 +380,34 @@ def batch_loss(net, batch, injected=None, autocast=nullcontext()):
     """The flow loss of net on a batch (make_batch) -> (loss, v_hat, v*): on the flow path
     x_t = (1 - t) x0 + t noise with target v* = noise - x0, or on inputs with errors injected
     (injected: x_t, v*, cond from errors.inject)."""
-    x0, noise, t, cond, ids, mask, control = batch
-    x_t, v_target = interpolate(x0, noise, t), velocity_target(x0, noise)
+    x_t, v_target = interpolate(batch.x0, batch.noise, batch.t), velocity_target(batch.x0,
+                                                                                 batch.noise)
+    cond = batch.cond
     if injected is not None:
         x_t, v_target, cond = injected
     with autocast:
-        v_hat = net(x_t, t.to(x_t.device), cond, ids, mask, control)
+        v_hat = net(x_t, batch.t.to(x_t.device), cond, batch.ids, batch.mask, batch.control)
     return flow_loss(v_hat, v_target), v_hat, v_target  # the loss in fp32 under autocast too
-
-
-def inject_errors(batch, banks, cfg: TrainConfig, gen):
-    """errors.inject on a batch as cfg trains (its gates, the source of its conditioning error):
-    paper Eq. 3, the model's own errors in its inputs; Eq. 6, the target still the clean clip.
-    banks: bank_vid, bank_noise, bank_roll. -> (x_t, v*, cond), the clean gates [B]."""
-    bank_vid, bank_noise, bank_roll = banks
-    x0, noise, t, cond = batch[:4]
-    img_banks = dict(onestep=[bank_vid], rollout=[bank_roll], both=[bank_vid, bank_roll])
-    *injected, clean = inject(
-        x0, noise, cond, t, bank_vid, bank_noise, gen, p_img=cfg.p_img, p_vid=cfg.p_vid,
-        p_noise=cfg.p_noise, p_clean=cfg.p_clean, motion_frames=cfg.motion_frames,
-        img_banks=img_banks[cfg.error_source], img_t_max=cfg.img_t_max)
-    return injected, clean
 
 
 def forward_backward(net, batch, run: Run, cfg: TrainConfig, gen, procs: Procs):
     """The flow loss of one micro-batch, its gradient accumulated; with --erft the inputs carry
-    banked errors, and the step's own one-step errors are returned for the banks, else None."""
+    banked errors (paper Eq. 3, the target still the clean clip: Eq. 6), and the step's own
+    one-step errors are returned for the banks, else None."""
     injected, clean = None, None
     if cfg.erft:
-        banks = run.bank_vid, run.bank_noise, run.bank_roll
-        injected, clean = inject_errors(batch, banks, cfg, gen)
+        img_banks = dict(onestep=[run.bank_vid], rollout=[run.bank_roll],
+                         both=[run.bank_vid, run.bank_roll])[cfg.error_source]
+        *injected, clean = inject(
+            batch.x0, batch.noise, batch.cond, batch.t, run.bank_vid, run.bank_noise, gen,
+            p_img=cfg.p_img, p_vid=cfg.p_vid, p_noise=cfg.p_noise, p_clean=cfg.p_clean,
+            motion_frames=cfg.motion_frames, img_banks=img_banks, img_t_max=cfg.img_t_max)
     loss, v_hat, v_target = batch_loss(net, batch, injected, procs.autocast)
     (loss / procs.accum).backward()
     if not cfg.erft:
         return loss, None
     # paper Eq. 4, no extra pass; errors of clean samples are banked only now and then
-    t = batch[2]
+    t = batch.t
     keep = ~clean | (torch.rand(len(t), generator=gen) < cfg.p_bank_clean)  # [B] on the CPU
     return loss, (*one_step_errors(v_hat.detach(), v_target, t), t, keep)
 
@@ -454,7 +416,7 @@ def bank_errors(run: Run, errors: list, cfg: TrainConfig, procs: Procs):
     """File this step's errors (of every micro-batch, in shard order; of every rank during the
     first --warmup-gather steps) into the two banks."""
     e_vid, e_noise, t, keep = (torch.cat(x) for x in zip(*errors))
-    if procs.world_size > 1 and run.step < cfg.warmup_gather:
+    if procs.ranks > 1 and run.step < cfg.warmup_gather:
         device = e_vid.device
         e_vid, e_noise, t, keep = gather_from_ranks(e_vid, e_noise, t.to(device),
                                                     keep.to(device, torch.uint8))
@@ -473,8 +435,8 @@ def bank_rollout_errors(run: Run, batch, cfg: TrainConfig, procs: Procs):
     start from motion frames that carry a banked rollout error, as clip k + 1 of a video starts
     from clip k's flawed frames: the error handed on is the old one as the model carries it,
     plus the new one, so the bank fills with the errors of clips 1, 2, 3, ..."""
-    n, m = max(1, len(batch[0]) // 4), cfg.motion_frames
-    x0, _, _, cond, ids, mask, control = (x if x is None else x[:n] for x in batch)
+    n, m = max(1, len(batch.x0) // 4), cfg.motion_frames
+    x0, cond = batch.x0[:n], batch.cond[:n]
     seed = np.random.default_rng([cfg.seed, run.step, procs.rank, 2]).integers(2 ** 62)
     gen = torch.Generator().manual_seed(int(seed))  # a 4th word: no micro-batch's stream
     if cfg.rollout_chain > 0 and len(run.bank_roll):
@@ -483,11 +445,10 @@ def bank_rollout_errors(run: Run, batch, cfg: TrainConfig, procs: Procs):
         cond = cond.clone()
         cond[:, 1:, :m] += chained.view(n, 1, 1, 1, 1).to(cond) * e  # the motion slots, not mask
     with procs.autocast:
-        text = run.ema.text_encoder(ids, mask)  # [n, D], once for every sampler step
-        velocity = lambda x, s, c: run.ema(x, s, cond, None, None, control, text=text)  # noqa
         noise = torch.randn(x0.shape, generator=gen).to(x0.device)
-        clip = euler_sample(velocity, noise, cfg.rollout_steps, cfg.shift, 1.0, cfg.sample_eta,
-                            gen)
+        clip = generate_clip(run.ema, cond, batch.prompts[:n], batch.control[:n], noise, gen,
+                             steps=cfg.rollout_steps, shift=cfg.shift, guidance=1.0,
+                             eta=cfg.sample_eta)
     run.bank_roll.add((clip.float() - x0)[:, :, -m:], torch.zeros(n))  # [n, C, m, H, W]
 
 
@@ -505,7 +466,7 @@ def train_step(run: Run, net, source, cfg: TrainConfig, procs: Procs) -> torch.T
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         batch = make_batch(source, cfg, procs.micro, rng, gen, run.model.cfg.text_len,
                            procs.device)
-        sync = i == procs.accum - 1 or procs.world_size == 1  # DDP averages over ranks on the last
+        sync = i == procs.accum - 1 or procs.ranks == 1  # DDP averages over ranks on the last
         with nullcontext() if sync else net.no_sync():
             micro_loss, micro_errors = forward_backward(net, batch, run, cfg, gen, procs)
         loss = loss + micro_loss.detach() / procs.accum
@@ -528,9 +489,9 @@ def checked(losses: list, run: Run, cfg: TrainConfig, procs: Procs) -> list:
     """The loss of each step since the last log, averaged over ranks; a non-finite one stops
     every rank before anything is saved, so the last checkpoint stays the last good one."""
     losses = torch.stack(losses)  # [steps]
-    if procs.world_size > 1:
+    if procs.ranks > 1:
         dist.all_reduce(losses)
-        losses = losses / procs.world_size
+        losses = losses / procs.ranks
     values = losses.tolist()
     bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
     if bad:
@@ -576,17 +537,18 @@ def main(cfg: TrainConfig):
     check(cfg)
     procs = setup_processes(cfg)
     run = build(cfg, procs.device)  # (and the world, from a checkpoint when not given)
-    if cfg.data == "shapes":
-        source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.world)
-    else:
-        source = VideoFolder(cfg.data, cfg.frames, cfg.resolution)
+    try:
+        source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.world) \
+            if cfg.data == "shapes" else VideoFolder(cfg.data, cfg.frames, cfg.resolution)
+    except ValueError as err:  # a folder that is not there, or holds no usable video
+        fail([str(err)])
     net = torch.compile(run.model) if cfg.compile else run.model
-    net = DistributedDataParallel(net) if procs.world_size > 1 else net
+    net = DistributedDataParallel(net) if procs.ranks > 1 else net
     if procs.master:
         os.makedirs(os.path.join(cfg.out, "samples"), exist_ok=True)
         trained = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
         print(f"model: preset {cfg.preset}, {run.model.num_params() / 1e6:.2f}M parameters "
-              f"({trained / 1e6:.2f}M trained), {procs.device}, {procs.world_size} rank(s)")
+              f"({trained / 1e6:.2f}M trained), {procs.device}, {procs.ranks} rank(s)")
     log = open(os.path.join(cfg.out, "log.jsonl"), "a") if procs.master else None
     losses, t0 = [], time.time()
     while run.step < cfg.steps:
@@ -602,37 +564,19 @@ def main(cfg: TrainConfig):
             continue
         if run.step % cfg.sample_every == 0 or last:
             samples = os.path.join(cfg.out, "samples")
-            write_samples(run.ema, cfg, os.path.join(samples, f"step_{run.step:06d}.gif"))
-            if cfg.erft and len(run.bank_vid):
-                write_bank_picture(run.bank_vid, os.path.join(samples, "bank.png"))
+            write_samples(run.ema, os.path.join(samples, f"step_{run.step:06d}.gif"))
+            if cfg.erft and len(run.bank_vid):  # one banked error per bucket, noisy left
+                error_picture(os.path.join(samples, "bank.png"),
+                              run.bank_vid.first_frames(cfg.buckets))
         if run.step % cfg.ckpt_every == 0 or last:
             save(run, cfg, os.path.join(cfg.out, "ckpt.pt"))
     if procs.master and cfg.export:
         save(run, cfg, cfg.export, export=True)
-    if procs.world_size > 1:  # leave together, and free what still holds the group while python is
+    if procs.ranks > 1:  # leave together, and free what still holds the group while python is
         dist.barrier()   # whole: gloo threads met at interpreter exit can abort a finished rank
         dist.destroy_process_group()
         gc.collect()
     return run.model, run.ema, run.bank_vid, run.bank_noise, run.bank_roll
-
-
-def write_bank_picture(bank: ErrorBank, path: str):
-    """The mean error norm per bucket as a bar chart (noisy buckets left), above a strip of one
-    banked error per bucket (its first frame, grey = 0)."""
-    stats = bank.stats()
-    norms = np.array(stats["mean_norm"])
-    H = bank.errors.shape[-1]
-    bars = np.full((H, len(norms) * H, 3), 255, np.uint8)
-    for b, n in enumerate(norms):
-        height = int(round(H * n / max(norms.max(), 1e-8)))
-        bars[H - height:, b * H:(b + 1) * H - 1] = (200, 60, 60)
-    tiles = []
-    for b, c in enumerate(stats["count"]):
-        e = bank.errors[b, 0, :, 0].float().cpu() if c else torch.zeros(3, H, H)  # [C, H, W]
-        e = e / (e.abs().max() + 1e-8)
-        tiles.append(((e + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
-    picture = np.concatenate([bars, np.concatenate(tiles, axis=1)], axis=0)
-    iio.imwrite(path, picture.repeat(3, 0).repeat(3, 1))
 
 
 if __name__ == "__main__":

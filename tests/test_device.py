@@ -57,7 +57,7 @@ def meta_run(tmp_path, bank_device, **flags):
     run = train.build(cfg, "meta")
     for bank in (run.bank_vid, run.bank_noise):
         bank.add(torch.randn(4, 3, 4, 16, 16).to(bank_device), torch.tensor([0.9, 0.9, 0.1, 0.1]))
-    procs = train.Procs(rank=0, world_size=1, device="meta", micro=2, accum=1,
+    procs = train.Procs(rank=0, ranks=1, device="meta", micro=2, accum=1,
                         autocast=nullcontext())
     return cfg, run, procs, ShapesSource(16, 2)
 

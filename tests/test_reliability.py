@@ -113,7 +113,7 @@ def test_sigint_during_sampling_leaves_a_playable_video_of_whole_clips(tmp_path,
     (["--batch-size", "-3"], "--batch-size must be positive"),
     (["--anchor-gap", "-1"], "--anchor-gap must be 0 or more"),
     (["--sample-eta", "2"], "--sample-eta must be within [0, 1]"),
-    (["--replace", "lru"], "choose l2, random or fifo"),
+    (["--replace", "lru"], "--replace: invalid choice: 'lru'"),
     (["--export", "a_file/base.pt"], "--export a_file/base.pt: give a .pt path in a writable"),
     (["--export", "base.pth"], "--export base.pth: give a .pt path in a writable folder"),
 ])

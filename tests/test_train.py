@@ -83,12 +83,12 @@ def test_a_chained_rollout_starts_from_motion_frames_carrying_a_banked_error(tmp
     run.bank_roll.add(torch.full((1, 3, 2, 16, 16), 0.5), torch.zeros(1))  # one banked error
     seen, forward = [], run.ema.forward
     run.ema.forward = lambda x, t, cond, *a, **k: seen.append(cond) or forward(x, t, cond, *a, **k)
-    procs = train.Procs(rank=0, world_size=1, device="cpu", micro=4, accum=1,
+    procs = train.Procs(rank=0, ranks=1, device="cpu", micro=4, accum=1,
                         autocast=nullcontext())
     batch = train.make_batch(ShapesSource(16, 2, DEFAULT_WORLD), cfg, 4, np.random.default_rng(0),
                              torch.Generator().manual_seed(0), run.ema.cfg.text_len, "cpu")
     train.bank_rollout_errors(run, batch, cfg, procs)
-    real = batch[3][:1]  # a quarter of the batch rolls out; [1, 1 + C, T, H, W]
+    real = batch.cond[:1]  # a quarter of the batch rolls out; [1, 1 + C, T, H, W]
     assert len(seen) == 2 and all(torch.equal(c, seen[0]) for c in seen)  # one per sampler step
     assert torch.equal(seen[0][:, 1:, :2], real[:, 1:, :2] + 0.5 * chain)  # the motion slots
     assert torch.equal(seen[0][:, :1], real[:, :1])  # the mask
@@ -100,11 +100,13 @@ def test_a_chained_rollout_starts_from_motion_frames_carrying_a_banked_error(tmp
 def test_lost_shape_errors_erase_a_shape_from_the_motion_frames_only(tmp_path, p_vanish,
                                                                      erased_clips):
     source = ShapesSource(16, 2, DEFAULT_WORLD)
-    x0, *_, plain = (train.make_batch(source, tiny_config(tmp_path), 8, np.random.default_rng(0),
-                                      torch.Generator().manual_seed(0), 8, "cpu")[:4])
+    batch = train.make_batch(source, tiny_config(tmp_path), 8, np.random.default_rng(0),
+                             torch.Generator().manual_seed(0), 8, "cpu")
+    x0, plain = batch.x0, batch.cond
     cfg = tiny_config(tmp_path, p_vanish=p_vanish)
-    same_x0, *_, cond = (train.make_batch(source, cfg, 8, np.random.default_rng(0),
-                                          torch.Generator().manual_seed(0), 8, "cpu")[:4])
+    batch = train.make_batch(source, cfg, 8, np.random.default_rng(0),
+                             torch.Generator().manual_seed(0), 8, "cpu")
+    same_x0, cond = batch.x0, batch.cond
     assert torch.equal(same_x0, x0) and torch.equal(cond[:, :, 2:], plain[:, :, 2:])  # anchor
     assert torch.equal(cond[:, :1], plain[:, :1])  # and mask untouched
     motion = x0[:, :, :2]  # [B, C, m, H, W], the target's first frames: every shape still there
@@ -119,9 +121,9 @@ def test_conditional_leakage_noise_grows_with_flow_time_on_the_motion_frames_onl
     x0, the flow time, the anchor and the mask are those of the plain batch."""
     source, draw = ShapesSource(16, 2, DEFAULT_WORLD), lambda cfg: train.make_batch(
         source, cfg, 64, np.random.default_rng(0), torch.Generator().manual_seed(0), 8, "cpu")
-    x0, _, t, plain = draw(tiny_config(tmp_path))[:4]
-    same_x0, _, same_t, cond = draw(tiny_config(tmp_path, cond_leak=0.5))[:4]
-    assert torch.equal(same_x0, x0) and torch.equal(same_t, t)
+    plain_batch, leak = draw(tiny_config(tmp_path)), draw(tiny_config(tmp_path, cond_leak=0.5))
+    x0, t, plain, cond = plain_batch.x0, plain_batch.t, plain_batch.cond, leak.cond
+    assert torch.equal(leak.x0, x0) and torch.equal(leak.t, t)
     assert torch.equal(cond[:, :, 2:], plain[:, :, 2:]) and torch.equal(cond[:, :1], plain[:, :1])
     std = (cond - plain)[:, 1:, :2].flatten(1).std(dim=1)  # [B], over 2 x 3 x 16 x 16 values
     torch.testing.assert_close(std, 0.5 * t, atol=0.02, rtol=0.05)
@@ -245,22 +247,22 @@ def test_start_from_an_image_with_a_prompt(tmp_path, base_ckpt):
     (["--resolution", "30"], "--resolution by --patch-s 4"),
     (["--patch-t", "3"], "--frames must divide by --patch-t 3"),
     (["--width", "100", "--heads", "3"], "width 100 must divide by heads 3"),
-    (["--preset", "Q"], "choose one of"),
+    (["--preset", "Q"], "--preset: invalid choice: 'Q'"),
     (["--init-from", "missing.pt"], "no such file"),
     (["--data", "no/such/folder"], "no such folder"),
     (["--p-img", "1.5"], "within [0, 1]"),
     (["--resume", "--out", "nowhere"], "no checkpoint"),
-    (["--world", "huge"], "--world huge: choose one of "),
-    (["--error-source", "dreams"], "--error-source dreams: choose onestep, rollout or both"),
+    (["--world", "huge"], "--world: invalid choice: 'huge'"),
+    (["--error-source", "dreams"], "--error-source: invalid choice: 'dreams'"),
     (["--img-t-max", "2"], "--img-t-max must be within [0, 1]"),
     (["--error-source", "rollout"], "--error-source and --img-t-max choose ERFT's errors"),
     (["--rollout-chain", "1.5"], "--rollout-chain must be within [0, 1]"),
     (["--erft", "--rollout-chain", "0.5"], "--rollout-chain chains rollout errors: add"),
     (["--erft", "--img-t-max", "0.01"], "--img-t-max 0.01 is below every bucket's flow time"),
     (["--p-vanish", "0.5", "--data", "."], "--p-vanish erases flat-coloured shapes: it needs"),
-    (["--precision", "fp8"], "--precision fp8: choose auto, bf16 or fp32"),
-    (["--prediction", "eps"], "--prediction eps: choose v or x"),
-    (["--t-sampling", "beta"], "--t-sampling beta: choose uniform or logit-normal"),
+    (["--precision", "fp8"], "--precision: invalid choice: 'fp8'"),
+    (["--prediction", "eps"], "--prediction: invalid choice: 'eps'"),
+    (["--t-sampling", "beta"], "--t-sampling: invalid choice: 'beta'"),
     (["--cond-leak", "-1"], "--cond-leak 0 or more"),
     (["--device", "meta"], "--device meta holds shapes, not values"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nowhere"],
