@@ -7,19 +7,14 @@ conditioning frames, a prompt and an optional control stream:
     v_hat = VideoDiT(x_t, t, cond, prompt tokens, control)      # all shapes [B, C, T, H, W]
 
 Notable features:
-- spatio-temporal patches (patch_t frames x patch_s x patch_s pixels) -> one token each;
-- adaLN-Zero blocks (DiT, Peebles & Xie 2023): flow time modulates every block, and the output
-  layer starts at zero, so an untrained model predicts v = 0 exactly;
-- full attention over all tokens of a clip through F.scaled_dot_product_attention, with 3-D
-  rotary positions (frame, row, column, as Wan) on top of the sinusoidal token embedding;
-- conditioning concatenated on channels, as in Wan image-to-video: the input is [x_t, mask, cond],
-  where cond holds the motion frames (the last frames of the previous clip) in their slots and,
-  after them, the anchor image repeated ("shot" mode) or zeros ("film" mode), and mask marks the
-  motion slots;
-- a small byte-level text encoder trained from scratch; its summary of the prompt joins the flow
-  time in the adaLN conditioning, as a class label does in DiT, so S to XL match DiT's sizes;
-- an optional per-frame control vector (a keypoint path, the "skeleton" of the paper), embedded and
-  added to the tokens of its frames.
+- spatio-temporal patches (patch_t frames x patch_s x patch_s pixels), one token each, under
+  full attention (F.scaled_dot_product_attention) with 3-D rotary positions, as Wan;
+- adaLN-Zero blocks (DiT, Peebles & Xie 2023): flow time and prompt modulate every block, and
+  the output layer starts at zero, so an untrained model predicts v = 0 exactly;
+- conditioning on channels, as Wan image-to-video (condition(): the motion frames, then the
+  anchor or zeros); a byte-level text encoder trained from scratch, whose summary of the prompt
+  joins the flow time as DiT's class label does; an optional per-frame control vector (a
+  keypoint path, the paper's "skeleton") added to the tokens of its frames.
 
 Shape letters: B batch, C channels, T frames, H/W height/width, N tokens, D width, L text bytes.
 Try it: python model.py   (prints the parameter count of every preset)
@@ -51,10 +46,8 @@ class DiTConfig:
     text_width: int = 128     # width of the text encoder
     text_depth: int = 2       # transformer layers of the text encoder
     control_dim: int = 2      # size of the per-frame control vector (a keypoint x, y)
-    rope: bool = True         # 3-D rotary positions in the DiT's attention (as Wan), on top of
-                              # the sinusoidal embedding of the tokens
-    prediction: str = "v"     # what the last layer outputs: "v", the velocity, or "x", the clean
-                              # clip (Li & He 2025), turned into v by flow.v_from_x0
+    rope: bool = True         # 3-D rotary positions in attention, on top of the sinusoidal ones
+    prediction: str = "v"     # the output: "v", or "x" the clean clip (Li & He 2025; v_from_x0)
     long_skip: bool = False   # U-ViT's long skip: the input tokens joined to the last block's
     out_conv: bool = False    # U-ViT's 3x3 convolution on the output frames
 
@@ -358,19 +351,15 @@ class LoRALinear(nn.Module):
         return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b)
 
 
-LORA_TARGETS = ("qkv", "proj", "fc1", "fc2")  # the attention and MLP linears of every block
-
-
 def add_lora(model: VideoDiT, rank: int) -> VideoDiT:
     """Wrap the attention and MLP linears of every DiT block in LoRALinear and freeze everything
     but the adapters."""
     for p in model.parameters():
         p.requires_grad_(False)
     for block in model.blocks:
-        for parent in (block.attn, block.mlp):
-            for name in LORA_TARGETS:
-                if isinstance(getattr(parent, name, None), nn.Linear):
-                    setattr(parent, name, LoRALinear(getattr(parent, name), rank))
+        for parent, names in ((block.attn, ("qkv", "proj")), (block.mlp, ("fc1", "fc2"))):
+            for name in names:
+                setattr(parent, name, LoRALinear(getattr(parent, name), rank))
     return model
 
 
@@ -409,9 +398,9 @@ BANKS = ("bank_vid", "bank_noise", "bank_roll")  # a run's error banks (train.Ru
 
 @dataclass
 class Checkpoint:
-    """What a checkpoint holds; its keys are spelled here alone. On disk it is a dict of plain
-    tensors, numbers and strings, so it loads with weights_only=True. An export (train.py
-    --export) holds the EMA weights, the step and the configs; a run's ckpt.pt holds more."""
+    """What a checkpoint holds, its keys spelled here alone; on disk a dict of plain tensors,
+    numbers and strings (weights_only=True). An export (train.py --export) holds no more than
+    the EMA weights, the step and the configs."""
     model_cfg: DiTConfig
     sampling: Sampling
     ema: dict | None = None        # the EMA weights: what every script samples with
