@@ -27,8 +27,9 @@ import torch
 
 from data import DEFAULT_WORLD, to_uint8, to_unit
 from errors import ErrorBank, error_picture, vanish
-from eval import (METRICS, SETTINGS, conditions, evaluate, motion_before, objects, one_clip,
-                  real_worlds, sampler_line, score_clip)
+from eval import (SETTINGS, conditions, evaluate, motion_before, one_clip, real_worlds,
+                  sampler_line)
+from metrics import METRICS, objects, score_clip
 from model import load_checkpoint
 from sample import rollout
 

@@ -9,6 +9,7 @@ import torch
 
 import diagnose
 import eval as drift
+import metrics
 import train
 from conftest import tiny_config
 from data import BACKGROUNDS, COLOURS, KINDS, ShapesWorld, World
@@ -33,14 +34,14 @@ def moving(t):  # two squares at constant velocity, no bounce
 
 
 def score(fake, real, **kw):
-    return drift.score_clip(fake, real, background=0, **kw)  # 0: black
+    return metrics.score_clip(fake, real, background=0, **kw)  # 0: black
 
 
 def test_components_count_blobs_and_their_centroids():
     mask = np.zeros((10, 10), bool)
     mask[1:3, 1:4] = True    # 6 pixels, centroid (x 2.5, y 2.0): pixel i spans [i, i + 1)
     mask[6:9, 6:9] = True    # 9 pixels
-    blobs = sorted(drift.components(mask))
+    blobs = sorted(metrics.components(mask))
     assert [b.area for b in blobs] == [6, 9]
     assert np.allclose(blobs[0].centre, (2.5, 2.0)) and np.allclose(blobs[1].centre, (7.5, 7.5))
 
@@ -49,12 +50,12 @@ def test_components_count_blobs_and_their_centroids():
 def test_every_whole_shape_of_every_world_gets_its_kind(world):
     for seed in range(30):
         w = ShapesWorld(seed, 32, world)
-        index, _ = drift.nearest_palette(w.frames(6))
+        index, _ = metrics.nearest_palette(w.frames(6))
         for i, truth in zip(index, w.truth):
             for colour, kind, visible in zip(truth["colour"], truth["kind"], truth["visible"]):
                 if visible == 1.0:
                     ys, xs = np.nonzero(i == colour)
-                    assert drift.kind_of(ys, xs) == kind, (world, seed, truth["time"])
+                    assert metrics.kind_of(ys, xs) == kind, (world, seed, truth["time"])
 
 
 def test_a_shape_of_the_wrong_kind_is_counted():
@@ -64,9 +65,9 @@ def test_a_shape_of_the_wrong_kind_is_counted():
     world = ShapesWorld(2, 32, n_shapes=1)
     world.kind[:] = KINDS.index("triangle")
     fake = world.frames(4)  # the same shape, colour and path, another kind
-    s = drift.score_clip(fake, real, world.background)
+    s = metrics.score_clip(fake, real, world.background)
     assert s["count"] == s["colours"] == 0 and s["kinds"] == 1 and s["match"] == 0
-    assert drift.score_clip(real, real, world.background)["kinds"] == 0
+    assert metrics.score_clip(real, real, world.background)["kinds"] == 0
 
 
 def test_the_real_video_scores_ideal():
@@ -133,7 +134,7 @@ def test_control_error_is_the_distance_to_the_keypoint():
 
 
 def test_first_clip_check_counts_rollouts_with_the_real_objects_in_clip_1():
-    zeros = lambda: {metric: np.zeros((4, 2)) for metric in drift.METRICS}
+    zeros = lambda: {metric: np.zeros((4, 2)) for metric in metrics.METRICS}
     scores = {"real": zeros(), "model": zeros()}
     scores["real"]["match"][:] = 1.0
     scores["model"]["match"][:, 0] = [1.0, 0.25, 0.5, 0.0]  # passes at >= 0.5: seeds 0 and 2
@@ -186,7 +187,7 @@ def test_the_video_shows_the_world_asked_for(tmp_path, base_ckpt):
 
 
 def test_paired_difference_rows():
-    scores = {name: {metric: np.zeros((3, 2)) for metric in drift.METRICS}
+    scores = {name: {metric: np.zeros((3, 2)) for metric in metrics.METRICS}
               for name in ("real", "clean", "erft")}
     scores["clean"]["count"][:] = [[1, 2], [2, 4], [3, 6]]
     scores["erft"]["count"][:] = [[1, 1], [2, 3], [3, 5]]  # one less at clip 2 in every world
