@@ -65,8 +65,8 @@ BOS, PAD = 256, 257  # byte ids go 0..255; a begin token every prompt has, and p
 
 
 def tokenize(prompts: list[str], text_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """UTF-8 bytes of each prompt, cut to text_len, after a BOS token. Any string is accepted: the
-    empty prompt (used for classifier-free guidance) is BOS alone. Returns ids, mask: [B, L + 1]."""
+    """UTF-8 bytes of each prompt, cut to text_len, after a BOS token. Any string is accepted:
+    the empty prompt (used for classifier-free guidance) is BOS alone. -> ids, mask [B, L + 1]."""
     ids = torch.full((len(prompts), text_len + 1), PAD, dtype=torch.long)
     ids[:, 0] = BOS
     for i, prompt in enumerate(prompts):
@@ -365,16 +365,10 @@ def add_lora(model: VideoDiT, rank: int) -> VideoDiT:
 
 def merged_state_dict(state: dict) -> dict:
     """A LoRA state dict folded into plain weights (W + B A), loadable by a plain VideoDiT."""
-    plain = {}
-    for key, value in state.items():
-        if key.endswith(".lora_a") or key.endswith(".lora_b"):
-            continue
-        if ".base." in key:
-            prefix, kind = key.rsplit(".base.", 1)
-            if kind == "weight":
-                value = value + state[f"{prefix}.lora_b"] @ state[f"{prefix}.lora_a"]
-            key = f"{prefix}.{kind}"
-        plain[key] = value
+    plain = {k.replace(".base.", "."): v for k, v in state.items() if ".lora_" not in k}
+    for layer in [k[:-len(".lora_a")] for k in state if k.endswith(".lora_a")]:  # adapted ones
+        plain[f"{layer}.weight"] = plain[f"{layer}.weight"] + state[f"{layer}.lora_b"] \
+            @ state[f"{layer}.lora_a"]
     return plain
 
 
