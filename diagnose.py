@@ -39,6 +39,9 @@ STRENGTHS = (0.0, 0.5, 1.0, 2.0)      # the response's error sizes, in units of 
 LOW = 0.125                           # "low" spatial frequency: within this share of the frame
 
 
+# -----------------------------------------------------------------------------
+# An ERFT run's error banks
+
 def run_banks(path):
     """An ERFT run's checkpoint (train.py --erft: its ckpt.pt): its model's DiTConfig, its banked
     one-step errors at the data end (bank_vid) and its banked rollout errors (None unless the run
@@ -50,6 +53,9 @@ def run_banks(path):
                               for state in ckpt.banks)
     return ckpt.model_cfg, bank_vid, bank_roll
 
+
+# -----------------------------------------------------------------------------
+# Headroom: teacher-forced against free-running
 
 def headroom(models, setting, seeds, sampling, noise_seed=0, world=DEFAULT_WORLD,
              clips=HEADROOM_CLIPS):
@@ -93,6 +99,9 @@ def headroom_table(result, clips=HEADROOM_CLIPS, metrics=("count", "palette", "m
             lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
+
+# -----------------------------------------------------------------------------
+# Response: what an error on the motion frames does to the next clip
 
 @torch.no_grad()
 def free_video(model, reals, chunks, setting, sampling, noise_seed=0):
@@ -210,6 +219,9 @@ def response_table(result, unit) -> str:
     return "\n".join(lines) + "\n"
 
 
+# -----------------------------------------------------------------------------
+# Errors: banked against rollout errors
+
 def low_share(e, cutoff=LOW):
     """Share of an error's energy at low spatial frequency (radius <= cutoff x the frame side,
     in cycles per frame), per error: e [N, C, T, H, W] -> [N]."""
@@ -260,6 +272,9 @@ def errors_table(rows) -> str:
               for label, n, r, low, lost in rows]
     return "\n".join(lines) + "\n"
 
+
+# -----------------------------------------------------------------------------
+# Pictures, and one diagnostic from eval.py's flags
 
 def diagnostic_plot(kind, result, path, clips=HEADROOM_CLIPS):
     """headroom: count and palette per clip, free-running (solid) and teacher-forced (dashed);
@@ -323,10 +338,10 @@ def diagnose(args, models, sampling, world) -> str:
                        for v in (error, video))  # each [S, chunks - 1, C, T - m, H, W]
         groups = {f"rollout, clip {k}": (clips[:, k - 2], real[:, k - 2])
                   for k in HEADROOM_CLIPS if 2 <= k <= args.chunks}
-        groups[f"rollout, clips 2-{args.chunks}"] = (clips.flatten(0, 1),
-                                                      real.flatten(0, 1))  # [S (chunks - 1), ...]
+        every = (clips.flatten(0, 1), real.flatten(0, 1))  # each [S (chunks - 1), C, T - m, H, W]
+        groups[f"rollout, clips 2-{args.chunks}"] = every
         text = errors_table(error_stats(bank, groups, video[:, :, :T], bank_roll))
-        error_picture(png, bank.first_frames(8), [e[:, 0] for e in clips.flatten(0, 1)[:8]])
+        error_picture(png, bank.first_frames(8), [e[:, 0] for e in every[0][:8]])  # first frames
     with open(md, "w") as f:
         f.write(f"{args.seeds} seeds, {setting}, {sampler_line(sampling)}; "
                 f"checkpoints: {', '.join(args.ckpt)}\n\n{text}")
