@@ -44,6 +44,9 @@ from model import (Checkpoint, DiTConfig, Sampling, VideoDiT, add_lora, conditio
 from sample import fail, generate_clip, pick_device, write_samples
 
 
+# -----------------------------------------------------------------------------
+# The schedule, the weight average and the training batch
+
 def get_lr(step: int, cfg: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to lr / 10: a pure function of the step."""
     if step < cfg.warmup:
