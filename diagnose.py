@@ -49,6 +49,9 @@ def run_banks(path):
     ckpt = load_checkpoint(path)
     if ckpt.banks is None:
         raise ValueError(f"{path}: no error banks; give the ckpt.pt of a train.py --erft run")
+    if any(state is not None and "capacity" not in state for state in ckpt.banks):
+        raise ValueError(f"{path}: its banks were saved before banks recorded their capacity; "
+                         "train the run again to read them")
     bank_vid, _, bank_roll = (None if state is None else ErrorBank.from_state_dict(state)
                               for state in ckpt.banks)
     return ckpt.model_cfg, bank_vid, bank_roll

@@ -348,6 +348,13 @@ def test_each_diagnostic_is_one_command(tmp_path, base_ckpt, capsys):
                                      "--bank", str(tmp_path / "small" / "ckpt.pt"),
                                      "--seeds", "2", "--chunks", "2", "--out", str(tmp_path)]))
     assert "its errors are clips of --frames 4 --resolution 8" in capsys.readouterr().err
+    old = torch.load(run / "ckpt.pt", weights_only=True)
+    del old["bank_vid"]["capacity"]  # banks saved before they recorded their sizes
+    torch.save(old, tmp_path / "old.pt")
+    with pytest.raises(SystemExit):
+        drift.main(drift.parse_args(["--diagnostic", "errors", "--ckpt", f"a={base_ckpt}",
+                                     "--bank", str(tmp_path / "old.pt"), "--out", str(tmp_path)]))
+    assert "saved before banks recorded their capacity" in capsys.readouterr().err
 
 
 def test_teacher_forcing_conditions_clip_k_on_the_real_frames_just_before_it():
