@@ -98,8 +98,8 @@ class TrainConfig:
     out: str = "out"              # run folder: ckpt.pt, log.jsonl, samples/
     init_from: str = ""           # start from the weights of this checkpoint (fine-tuning)
     resume: bool = False          # continue the run in --out from its checkpoint
-    export: str = ""              # at the end, also write the EMA weights alone in half
-                                  # precision to this .pt (small, for sharing: checkpoints/)
+    export: str = ""              # with every checkpoint, also write the EMA weights alone in
+                                  # half precision to this .pt (small, for sharing: checkpoints/)
     seed: int = 0
     device: str = "auto"          # auto (CUDA when there is one, else the CPU), cpu, cuda
     precision: str = "auto"       # auto (bf16 autocast on CUDA, fp32 elsewhere), bf16, fp32

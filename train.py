@@ -409,8 +409,8 @@ def main(cfg: TrainConfig):
                               run.bank_vid.first_frames(cfg.buckets))
         if run.step % cfg.ckpt_every == 0 or last:
             save(run, cfg, os.path.join(cfg.out, "ckpt.pt"))
-    if procs.master and cfg.export:
-        save(run, cfg, cfg.export, export=True)
+            if cfg.export:  # the small copy too, so a long run can be shared before it ends
+                save(run, cfg, cfg.export, export=True)
     if procs.ranks > 1:  # leave together, and free what still holds the group while python is
         dist.barrier()   # whole: gloo threads met at interpreter exit can abort a finished rank
         dist.destroy_process_group()

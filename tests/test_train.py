@@ -1,5 +1,6 @@
 """Training and sampling end to end, on tiny settings. Run: python -m pytest tests/test_train.py"""
 import os
+from dataclasses import replace
 import socket
 import sys
 from contextlib import nullcontext
@@ -53,6 +54,15 @@ def test_resumed_run_is_bitwise_identical(tmp_path, monkeypatch):
     resumed = run_with_crash(tiny_config(tmp_path / "b", steps=6, ckpt_every=3), monkeypatch, 3)
     assert_same_run(straight, resumed)
     assert len(open(tmp_path / "b" / "log.jsonl").readlines()) == 6
+
+
+def test_a_run_exports_its_small_copy_at_every_checkpoint(tmp_path):
+    export = tmp_path / "base.pt"
+    cfg = tiny_config(tmp_path / "run", steps=4, ckpt_every=2, export=str(export))
+    train.main(replace(cfg, steps=2))  # a long run, stopped
+    assert torch.load(export, weights_only=True)["step"] == 2
+    train.main(replace(cfg, resume=True))
+    assert torch.load(export, weights_only=True)["step"] == 4
 
 
 def test_erft_resume_is_bitwise_identical_bank_included(tmp_path, monkeypatch, base_ckpt):
