@@ -4,6 +4,7 @@ bench.py: speed and memory of svi, as ratios measured side by side in one run.
     python bench.py            # about 6 minutes on a 2-core CPU
     python bench.py --quick    # a smoke run (seconds), figures not meaningful
     python bench.py --gpu      # the computed FLOPs and memory of the README's GPU recipe
+    python bench.py --levers   # the base levers' step time against today's recipe's
 
 It prints:
 1. training clips/s and achieved FLOP/s at presets T and S (FLOPs of a real training step counted
@@ -15,7 +16,9 @@ It prints:
    (the costliest case);
 3. sample.py seconds per clip at clip 200 / at clip 5;
 4. peak resident memory of a 200-clip rollout / a 10-clip rollout (sample.py, own processes);
-5. the error banks' memory in bytes against the bound their configuration sets.
+5. the error banks' memory in bytes against the bound their configuration sets;
+6. with --levers, alone: each lever of the base recipe (docs/test-bed.md) from scratch, its step
+   time against today's recipe's, and so the steps it gets at equal CPU time.
 """
 import argparse
 import json
@@ -204,9 +207,34 @@ def costs(q, device, say, tmp):
         f"{cfg.bank_dtype} = {bound} bytes ({used / bound:.2f} of it)")
 
 
+LEVERS = {  # the base recipe's levers (docs/test-bed.md), as TrainConfig fields
+    "x-prediction (--prediction x)": dict(prediction="x"),
+    "logit-normal times (--t-sampling logit-normal)": dict(t_sampling="logit-normal"),
+    "noise on the motion frames (--cond-leak 0.5)": dict(cond_leak=0.5),
+    "U-ViT head (--long-skip --out-conv)": dict(long_skip=True, out_conv=True),
+    "temporal patch 1 (--patch-t 1)": dict(patch_t=1),
+    "width 192 (--width 192 --heads 6)": dict(width=192, heads=6),
+    "spatial patch 2 (--patch-s 2)": dict(patch_s=2),
+}
+
+
+def lever_costs(q, device, say, tmp, budget=1500):
+    """6. (--levers) each lever's training step from scratch / today's recipe's, alternated,
+    and the steps it gets in the time of `budget` steps of today's recipe."""
+    steps = 4 if q else 20
+    common = dict(world="simple", steps=steps, log_every=steps // 2, device=device)
+    for i, (name, flags) in enumerate(LEVERS.items()):
+        plain = seconds_per_step(os.path.join(tmp, f"plain{i}"), **common)
+        lever = seconds_per_step(os.path.join(tmp, f"lever{i}"), **common, **flags)
+        say(f"{name}: {lever:.3f} s a step, / today's recipe ({plain:.3f} s) = "
+            f"{lever / plain:.2f}; {budget * plain / lever:.0f} steps in the time of {budget}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
+    p.add_argument("--levers", action="store_true",
+                   help="only the base levers' step time against today's recipe's (4 minutes)")
     p.add_argument("--gpu", action="store_true",
                    help="only the computed table of the README's GPU recipe (seconds)")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda")
@@ -223,8 +251,11 @@ def main():
     torch.manual_seed(0)
     lines = []
     say = lambda text: (print(text, flush=True), lines.append(text))
-    throughput(q, device, say)
     with tempfile.TemporaryDirectory() as tmp:
+        if args.levers:
+            lever_costs(q, device, say, tmp)
+            return lines
+        throughput(q, device, say)
         costs(q, device, say, tmp)
     return lines
 
