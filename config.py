@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from data import WORLDS, writable_folder
 from flow import schedule
-from model import PRESETS, Sampling
+from model import PRESETS, Sampling, load_checkpoint
 from sample import device_problems, fail, not_positive
 
 
@@ -116,16 +116,28 @@ CHOICES = dict(world=list(WORLDS), preset=list(PRESETS), prediction=["v", "x"],
 
 
 def parse_args(argv=None) -> TrainConfig:
-    """Flags generated from TrainConfig: --batch-size 32, --erft / --no-erft, ..."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    """Flags generated from TrainConfig: --batch-size 32, --erft / --no-erft, ... A flag not
+    given is TrainConfig's default, or with --resume the value the run in --out was trained
+    with, so that `--resume --out DIR` alone goes on as the run began."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter,
+                                argument_default=argparse.SUPPRESS)  # only the flags given
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool or f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction)
         else:
             kind = {"int": int, "float": float, "str": str}.get(str(f.type), f.type)
-            p.add_argument(flag, type=kind, default=f.default, choices=CHOICES.get(f.name))
-    return TrainConfig(**vars(p.parse_args(argv)))
+            p.add_argument(flag, type=kind, choices=CHOICES.get(f.name))
+    given = vars(p.parse_args(argv))
+    path = os.path.join(given.get("out", TrainConfig.out), "ckpt.pt")
+    recorded = {}
+    if given.get("resume") and os.path.isfile(path):
+        try:  # (a file that is no checkpoint is refused by train.build, in one line)
+            recorded = load_checkpoint(path).train_cfg
+        except ValueError:
+            pass
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{**{k: v for k, v in recorded.items() if k in known}, **given})
 
 
 def check(cfg: TrainConfig):

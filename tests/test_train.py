@@ -56,6 +56,26 @@ def test_resumed_run_is_bitwise_identical(tmp_path, monkeypatch):
     assert len(open(tmp_path / "b" / "log.jsonl").readlines()) == 6
 
 
+def test_resume_alone_goes_on_with_the_flags_the_run_began_with(tmp_path, monkeypatch):
+    flags = dict(t_sampling="logit-normal", t_mean=0.8, cond_leak=0.5, prediction="x", steps=6)
+    straight = train.main(tiny_config(tmp_path / "a", **flags))
+    save = train.save_checkpoint
+
+    def save_then_crash(path, state):
+        save(path, state)
+        if state.step == 3:
+            raise Crash
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        train.main(tiny_config(tmp_path / "b", ckpt_every=3, **flags))
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    cfg = train.parse_args(["--resume", "--out", str(tmp_path / "b")])  # no other flag
+    assert (cfg.t_sampling, cfg.cond_leak, cfg.steps, cfg.frames) == ("logit-normal", 0.5, 6, 4)
+    assert_same_run(straight, train.main(cfg))
+    assert train.parse_args(["--resume", "--out", str(tmp_path / "b"), "--steps", "9"]).steps == 9
+
+
 def test_a_run_exports_its_small_copy_at_every_checkpoint(tmp_path):
     export = tmp_path / "base.pt"
     cfg = tiny_config(tmp_path / "run", steps=4, ckpt_every=2, export=str(export))
