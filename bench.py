@@ -234,7 +234,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny settings, for a smoke test")
     p.add_argument("--levers", action="store_true",
-                   help="only the base levers' step time against today's recipe's (4 minutes)")
+                   help="only the base levers' step time against today's recipe's")
     p.add_argument("--gpu", action="store_true",
                    help="only the computed table of the README's GPU recipe (seconds)")
     p.add_argument("--device", default="auto", help="auto (CUDA when there is one), cpu, cuda")
