@@ -6,15 +6,13 @@ conditioning frames, a prompt and an optional control stream:
 
     v_hat = VideoDiT(x_t, t, cond, prompt tokens, control)      # all shapes [B, C, T, H, W]
 
-Notable features:
-- spatio-temporal patches (patch_t frames x patch_s x patch_s pixels), one token each, under
-  full attention (F.scaled_dot_product_attention) with 3-D rotary positions, as Wan;
-- adaLN-Zero blocks (DiT, Peebles & Xie 2023): flow time and prompt modulate every block, and
-  the output layer starts at zero, so an untrained model predicts v = 0 exactly;
-- conditioning on channels, as Wan image-to-video (condition(): the motion frames, then the
-  anchor or zeros); a byte-level text encoder trained from scratch, whose summary of the prompt
-  joins the flow time as DiT's class label does; an optional per-frame control vector (a
-  keypoint path, the paper's "skeleton") added to the tokens of its frames.
+Notable features: spatio-temporal patches (patch_t frames x patch_s x patch_s pixels), one token
+each, under full attention with 3-D rotary positions, as Wan; adaLN-Zero blocks (DiT, Peebles &
+Xie 2023): flow time and prompt modulate every block, and the output layer starts at zero, so an
+untrained model predicts v = 0 exactly; conditioning on channels, as Wan image-to-video
+(condition(): the motion frames, then the anchor or zeros); a byte-level text encoder trained
+from scratch, its summary of the prompt joining the flow time as DiT's class label does; an
+optional per-frame control vector (the paper's "skeleton") added to the tokens of its frames.
 
 Shape letters: B batch, C channels, T frames, H/W height/width, N tokens, D width, L text bytes.
 Try it: python model.py   (prints the parameter count of every preset)
@@ -288,7 +286,7 @@ class VideoDiT(nn.Module):
         for layer in (self.adaLN_out[-1], self.final_layer):  # and the output starts at zero
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
-        if self.conv_out is not None:  # (a convolution of zeros, without a bias, is zero)
+        if self.conv_out is not None:  # a convolution of zeros without a bias is zero
             nn.init.zeros_(self.conv_out.bias)
 
     def num_params(self) -> int:
@@ -311,8 +309,7 @@ class VideoDiT(nn.Module):
         control = torch.cat([control.nan_to_num(0.0).to(x.dtype), given], dim=-1)  # [B, T, c + 1]
         control = self.control_embedder(control.reshape(B, T // pt, -1))  # [B, t, D]
         x = x.view(B, T // pt, -1, x.shape[-1]) + control[:, :, None]  # [B, t, h * w, D]
-        x = x.view(B, -1, x.shape[-1])                                  # [B, N, D]
-        first = x
+        x = first = x.view(B, -1, x.shape[-1])                          # [B, N, D]
         if text is None:
             text = self.text_encoder(text_ids, text_mask)              # [B, D]
         c = self.t_embedder(t) + text                                   # [B, D]
@@ -326,11 +323,8 @@ class VideoDiT(nn.Module):
         shift, scale = self.adaLN_out(c)[:, None].chunk(2, dim=-1)      # 2 x [B, 1, D]
         x = self.final_layer(modulate(self.norm_out(x), shift, scale))  # [B, N, pt * ps * ps * C]
         out = unpatchify(x, C, T, H, W, pt, ps)                         # [B, C, T, H, W]
-        if self.conv_out is not None:
-            out = self.conv_out(out)
-        if cfg.prediction == "x":  # out is the clean clip x0_hat
-            return v_from_x0(x_t, out, t)
-        return out
+        out = out if self.conv_out is None else self.conv_out(out)
+        return v_from_x0(x_t, out, t) if cfg.prediction == "x" else out  # x: out is x0_hat
 
 
 # -----------------------------------------------------------------------------
@@ -429,8 +423,8 @@ def load_checkpoint(path: str) -> Checkpoint:
     if not isinstance(state, dict) or "model_cfg" not in state:
         raise ValueError(f"{path}: not a checkpoint written by svi's train.py")
     if state["model_cfg"].get("prediction", "v") not in ("v", "x"):
-        raise ValueError(f"{path}: prediction {state['model_cfg']['prediction']!r}; this svi "
-                         "knows v and x")
+        raise ValueError(f"{path}: prediction {state['model_cfg']['prediction']!r}; "
+                         "this svi knows v and x")
     if "sampling" not in state:  # written before checkpoints recorded it (checkpoints/base.pt)
         old = state.get("train_cfg", {})
         state["sampling"] = dict(motion_frames=old.get("motion_frames", 2),
