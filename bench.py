@@ -168,18 +168,21 @@ def costs(q, device, say, tmp):
 
     # 2. the cost of error recycling
     steps = 8 if q else 80
-    plain, erft, rollout = [], [], []
+    plain, erft, rollout, pool = [], [], [], []
     for r in range(1 if q else 2):
         common = dict(init_from=init, steps=steps, log_every=steps // 2, device=device)
         plain.append(seconds_per_step(os.path.join(tmp, f"plain{r}"), **common))
         erft.append(seconds_per_step(os.path.join(tmp, f"erft{r}"), erft=True, **common))
         rollout.append(seconds_per_step(os.path.join(tmp, f"rollout{r}"), erft=True,
                                         error_source="rollout", **common))
-    plain, erft, rollout = np.median(plain), np.median(erft), np.median(rollout)
+        pool.append(seconds_per_step(os.path.join(tmp, f"pool{r}"), p_pool=0.25, **common))
+    plain, erft, rollout, pool = (np.median(x) for x in (plain, erft, rollout, pool))
     every = train.TrainConfig.rollout_every
     say(f"fine-tuning step: plain {plain:.3f} s, ERFT {erft:.3f} s, ERFT / plain = "
         f"{erft / plain:.3f}; with rollout errors (--error-source rollout, clips sampled every "
-        f"{every} steps) {rollout:.3f} s, / plain = {rollout / plain:.3f}")
+        f"{every} steps) {rollout:.3f} s, / plain = {rollout / plain:.3f}; with the rollout pool "
+        f"(--p-pool 0.25, {train.TrainConfig.pool_advance} entries moved on every {every} steps, "
+        f"the fill excluded) {pool:.3f} s, / plain = {pool / plain:.3f} (goal: at most 1.5)")
 
     # 3. and 4. long rollouts: time per clip and memory stay flat
     long, short = (12, 3) if q else (200, 10)

@@ -86,10 +86,18 @@ class TrainConfig:
     img_t_max: float = 1.0        # draw the conditioning error from buckets at flow time <= this
     error_source: str = "onestep"  # conditioning errors: one-step errors (the paper's), rollout
                                   # (the EMA model's sampled clips minus the real ones), or both
-    rollout_every: int = 4        # rollout, both: sample clips for the rollout bank this often
+    rollout_every: int = 4        # sample clips for the rollout bank (or pool) this often
     rollout_steps: int = 10       # with this many sampler steps
     rollout_chain: float = 0.0    # share of rollouts that start from motion frames carrying a
                                   # banked rollout error: the bank then holds later clips' errors
+    p_pool: float = 0.0           # > 0: the rollout pool (errors.RolloutPool): this share of each
+                                  # batch's clips are conditioned on the EMA model's own motion
+                                  # frames after 1 to --pool-clips clips of a video, their target
+                                  # the same video's real next clip; with or without --erft
+    pool_size: int = 16           # live rollouts (videos) in the pool
+    pool_clips: int = 10          # clips an entry is rolled out for before a new video starts
+    pool_advance: int = 4         # entries moved on by one clip every --rollout-every steps
+                                  # (with --rollout-steps sampler steps)
     # sampling during training
     sample_steps: int = Sampling.steps  # sampling steps per clip (in samples and checkpoints)
     sample_eta: float = Sampling.eta    # share of the noise drawn anew per step (euler_sample)
@@ -145,7 +153,8 @@ def check(cfg: TrainConfig):
     problems = not_positive(cfg, ("frames", "resolution", "motion_frames", "steps", "batch_size",
                                   "buckets", "capacity", "sample_steps", "log_every",
                                   "sample_every", "ckpt_every", "rollout_every",
-                                  "rollout_steps"))
+                                  "rollout_steps", "pool_size", "pool_clips",
+                                  "pool_advance"))
     if cfg.motion_frames >= cfg.frames:
         problems.append(f"--motion-frames {cfg.motion_frames} must be fewer than --frames")
     if min(cfg.patch_t, cfg.patch_s) <= 0 or cfg.frames % cfg.patch_t or \
@@ -179,7 +188,7 @@ def check(cfg: TrainConfig):
         problems.append("--t-std must be positive and --cond-leak 0 or more")
     problems += device_problems(cfg.device)
     for name in ("p_film", "p_uncond", "p_img", "p_vid", "p_noise", "p_clean", "p_bank_clean",
-                 "p_vanish", "sample_eta", "img_t_max", "rollout_chain"):
+                 "p_vanish", "sample_eta", "img_t_max", "rollout_chain", "p_pool"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"--{name.replace('_', '-')} must be within [0, 1]")
     fail(problems)

@@ -297,6 +297,19 @@ class ShapesSource:
         anchors = to_unit(np.stack(anchors)[:, None])[:, :, 0]  # [B, 1, H, W, C] -> [B, C, H, W]
         return to_unit(np.stack(videos)), prompts, control, anchors
 
+    def video_key(self, rng: np.random.Generator, frames: int) -> tuple[int, int]:
+        """A fresh video for the rollout pool (errors.RolloutPool), as the key video() renders it
+        from: its world's seed and whether shape 0 is on a control path. Any length will do."""
+        return int(rng.integers(2 ** 31)), int(rng.random() < self.world.p_control)
+
+    def video(self, key, frames: int):
+        """The first `frames` frames of a key's world, with no scene event: uint8 [frames, H, W,
+        3], its prompt and its control stream [frames, 2] (NaN: none)."""
+        world = ShapesWorld(key[0], self.res, self.world, control=bool(key[1]))
+        video = world.frames(frames)
+        control = np.stack([world.control_vector(s["time"]) for s in world.truth])  # [frames, 2]
+        return video, world.prompt(), control if world.control else np.full_like(control, np.nan)
+
 
 # -----------------------------------------------------------------------------
 # The user's own videos
@@ -343,7 +356,8 @@ class VideoFolder:
                 skipped.append(f"{name} ({len(video)} frames, a clip needs {frames})")
                 continue
             caption = os.path.splitext(path)[0] + ".txt"
-            text = open(caption, encoding="utf-8").read().strip() if os.path.exists(caption) else ""
+            text = open(caption, encoding="utf-8").read().strip() if os.path.exists(caption) \
+                else ""
             self.videos.append(video)
             self.captions.append(text or "a video")
         if skipped:
@@ -368,6 +382,20 @@ class VideoFolder:
         control = torch.full((batch, frames, 2), float("nan"))  # user videos carry no control
         anchors = to_unit(np.stack(anchors)[:, None])[:, :, 0]  # [B, 1, H, W, C] -> [B, C, H, W]
         return to_unit(np.stack(videos)), prompts, control, anchors
+
+    def video_key(self, rng: np.random.Generator, frames: int) -> tuple[int, int]:
+        """As ShapesSource.video_key: one of the videos of at least `frames` frames (the others
+        are skipped: ValueError if none is that long) and a start in it."""
+        long = [i for i, video in enumerate(self.videos) if len(video) >= frames]
+        if not long:
+            raise ValueError(f"no video of at least {frames} frames")
+        i = long[int(rng.integers(len(long)))]
+        return i, int(rng.integers(len(self.videos[i]) - frames + 1))
+
+    def video(self, key, frames: int):
+        """As ShapesSource.video: `frames` frames of video key[0] from frame key[1]."""
+        i, start = key
+        return self.videos[i][start:start + frames], self.captions[i], np.full((frames, 2), np.nan)
 
 
 # -----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ DIAGNOSTIC.png to --out:
     python eval.py --diagnostic response --bank runs/erft/ckpt.pt --ckpt base=checkpoints/base.pt \
         --ckpt erft=runs/erft/ckpt.pt            # does the model correct an error or amplify it?
     python eval.py --diagnostic errors --bank runs/erft/ckpt.pt --ckpt erft=runs/erft/ckpt.pt
+    python eval.py --diagnostic errors --bank runs/pool/ckpt.pt --ckpt pool=runs/pool/ckpt.pt
 
 - headroom: each clip k = 1..10 and 50 teacher-forced (conditioned on the real frames before it)
   against free-running (on the model's own previous clip); the gap is the exposure bias, all
@@ -16,9 +17,10 @@ DIAGNOSTIC.png to --out:
   erased that the anchor still shows) at 0, 0.5, 1 and 2 times the size of a rollout error; the
   slope says whether it corrects (< 1) or amplifies (> 1) what it is given, and the next clip's
   count error whether an erased shape comes back;
-- errors: banked one-step errors per flow-time bucket (and banked rollout errors, if the run has
-  any) against rollout errors per clip: RMS, the share of energy at low spatial frequency, the
-  shapes a frame loses when the error is put on real frames, and a picture of a few of each.
+- errors: banked one-step errors per flow-time bucket (and banked rollout errors, and a rollout
+  pool's errors, if the run has any) against rollout errors per clip: RMS, the share of energy
+  at low spatial frequency, the shapes a frame loses when the error is put on real frames (a
+  rollout's or a pool's on its own), and a picture of a few of each.
 """
 import os
 
@@ -43,18 +45,29 @@ LOW = 0.125                           # "low" spatial frequency: within this sha
 # An ERFT run's error banks
 
 def run_banks(path):
-    """An ERFT run's checkpoint (train.py --erft: its ckpt.pt): its model's DiTConfig, its banked
-    one-step errors at the data end (bank_vid) and its banked rollout errors (None unless the run
-    had --error-source rollout or both), as ErrorBanks."""
+    """The errors a run recycles, from its checkpoint (train.py --erft or --p-pool: its ckpt.pt):
+    its model's DiTConfig, its banked one-step errors at the data end (bank_vid) and its banked
+    rollout errors (None unless the run had --error-source rollout or both), as ErrorBanks, or
+    None without --erft; and its rollout pool's state (errors.RolloutPool), None without it."""
     ckpt = load_checkpoint(path)
-    if ckpt.banks is None:
-        raise ValueError(f"{path}: no error banks; give the ckpt.pt of a train.py --erft run")
-    if any(state is not None and "capacity" not in state for state in ckpt.banks):
+    if ckpt.banks is None and ckpt.pool is None:
+        raise ValueError(f"{path}: no error banks or rollout pool; give the ckpt.pt of a "
+                         "train.py --erft or --p-pool run")
+    banks = ckpt.banks or (None,) * 3
+    if any(state is not None and "capacity" not in state for state in banks):
         raise ValueError(f"{path}: its banks were saved before banks recorded their capacity; "
                          "train the run again to read them")
     bank_vid, _, bank_roll = (None if state is None else ErrorBank.from_state_dict(state)
-                              for state in ckpt.banks)
-    return ckpt.model_cfg, bank_vid, bank_roll
+                              for state in banks)
+    return ckpt.model_cfg, bank_vid, bank_roll, ckpt.pool
+
+
+def pool_errors(pool: dict) -> dict:
+    """A rollout pool's errors, each with its own video's real frames: {"pool, clip k": (own -
+    real motion frames, real), each [entries, C, m, H, W]} for the entries k clips in."""
+    k = pool["k"]
+    return {f"pool, clip {c}": (pool["motion"][k == c] - pool["real"][k == c],
+                                pool["real"][k == c]) for c in sorted(set(k.tolist())) if c}
 
 
 # -----------------------------------------------------------------------------
@@ -250,12 +263,13 @@ def shapes_lost(errors, real):
 
 def error_stats(bank, rollout_errors, real, bank_roll=None):
     """RMS, low-frequency share and shapes_lost of the banked one-step errors per flow-time
-    bucket and of the banked rollout errors (bank_roll, if it holds any), put on `real` (clips
-    [S, C, T, H, W]), and of each group of rollout errors, put on their own real frames
-    ({label: (errors, real), each [N, C, T, H, W]}). -> rows (label, count, rms, low, lost)."""
+    bucket (bank, if there is one) and of the banked rollout errors (bank_roll, if it holds any),
+    put on `real` (clips [S, C, T, H, W]), and of each group of rollout errors, put on their own
+    real frames ({label: (errors, real), each [N, C, T, H, W]}: a free-running model's, or a
+    rollout pool's). -> rows (label, count, rms, low, lost)."""
     groups = [(f"banked, t = {t:.2f}", bank.errors[b, :count], real)
               for b, (t, count) in enumerate(zip(bank.times.tolist(), bank.count.tolist()))
-              if count]
+              if count] if bank is not None else []
     if bank_roll is not None and len(bank_roll):
         groups.append(("banked rollout errors", bank_roll.errors[0, :int(bank_roll.count[0])],
                        real))
@@ -268,7 +282,8 @@ def errors_table(rows) -> str:
     lines = ["### errors", "", f"Banked one-step errors per flow-time bucket against rollout "
              f"errors: RMS, the share of energy within {LOW:g} x the frame side in spatial "
              "frequency, and the shapes a frame loses when the error is put on real frames "
-             "(banked errors on the worlds' first clips, rollout errors on their own).", "",
+             "(banked errors on the worlds' first clips, rollout and pool errors on their own).",
+             "",
              "| errors | count | RMS | low-frequency share | shapes lost per frame |",
              "|---|---|---|---|---|"]
     lines += [f"| {label} | {n} | {r:.4f} | {low:.3f} | {lost:.3f} |"
@@ -313,9 +328,9 @@ def diagnose(args, models, sampling, world) -> str:
     setting = args.setting if args.setting in (*SETTINGS, "film") else "consistent"
     common = dict(setting=setting, seeds=args.seeds, sampling=sampling,
                   noise_seed=args.noise_seed, world=world)
-    bank = bank_roll = None
+    bank = bank_roll = pool = None
     if args.bank:
-        cfg, bank, bank_roll = run_banks(args.bank)
+        cfg, bank, bank_roll, pool = run_banks(args.bank)
         some = next(iter(models.values())).cfg
         if (cfg.frames, cfg.resolution) != (some.frames, some.resolution):
             raise ValueError(f"--bank {args.bank}: its errors are clips of --frames {cfg.frames} "
@@ -343,8 +358,11 @@ def diagnose(args, models, sampling, world) -> str:
                   for k in HEADROOM_CLIPS if 2 <= k <= args.chunks}
         every = (clips.flatten(0, 1), real.flatten(0, 1))  # each [S (chunks - 1), C, T - m, H, W]
         groups[f"rollout, clips 2-{args.chunks}"] = every
+        groups.update(pool_errors(pool) if pool is not None else {})
         text = errors_table(error_stats(bank, groups, video[:, :, :T], bank_roll))
-        error_picture(png, bank.first_frames(8), [e[:, 0] for e in every[0][:8]])  # first frames
+        recycled = bank.first_frames(8) if bank is not None else \
+            [e[0, :, 0] for e, _ in pool_errors(pool).values()][:8]  # each [C, H, W]
+        error_picture(png, recycled, [e[:, 0] for e in every[0][:8]])  # first frames
     with open(md, "w") as f:
         f.write(f"{args.seeds} seeds, {setting}, {sampler_line(sampling)}; "
                 f"checkpoints: {', '.join(args.ckpt)}\n\n{text}")

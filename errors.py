@@ -18,7 +18,9 @@ The conditioning error may also come from the errors rollouts really make: train
 --error-source rollout banks the difference between clips the model samples and the real ones
 (one bucket, the same replacement rule), and conditioning_error draws from it; with
 --rollout-chain, rollouts start from motion frames that carry such an error, so errors are
-recycled across clips as well as across steps.
+recycled across clips as well as across steps. Those errors still go into other videos than
+their own; train.py --p-pool keeps each in its own (RolloutPool): a pool of live rollouts whose
+motion frames condition training clips whose target is the same video's real next clip.
 
 The conditioning-frame error is what matters most (paper Tab. 4): it shows the model motion
 frames as flawed as its own outputs, next to a clean target.
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from data import to_unit
 from flow import interpolate, noise_from_v, x0_from_v
 
 
@@ -39,7 +42,7 @@ from flow import interpolate, noise_from_v, x0_from_v
 def one_step_errors(v_hat, v_target, t):
     """The bidirectional one-step errors of a prediction (no extra forward pass):
         e_vid   = x0_from_v(x_t, v_hat, t)    - x0_from_v(x_t, v_target, t)    = -t (v_hat - v*)
-        e_noise = noise_from_v(x_t, v_hat, t) - noise_from_v(x_t, v_target, t) = (1 - t)(v_hat - v*)
+        e_noise = noise_from_v(x_t, v_hat, t) - noise_from_v(x_t, v_target, t) = (1-t)(v_hat - v*)
     x_t cancels out of both differences, so a zero state stands in for it."""
     x_t = torch.zeros_like(v_hat)
     e_vid = x0_from_v(x_t, v_hat, t) - x0_from_v(x_t, v_target, t)
@@ -50,8 +53,8 @@ def one_step_errors(v_hat, v_target, t):
 class ErrorBank:
     """Replay memory of errors, one bucket per sampler timestep (`times`, nearest wins), at most
     `capacity` errors per bucket. A full bucket makes room by `replace`:
-      "l2"     - the new error replaces its most similar stored one (L2), as the official code does,
-                 which keeps the bucket diverse;
+      "l2"     - the new error replaces its most similar stored one (L2), as the official code
+                 does, which keeps the bucket diverse;
       "random" - a uniformly chosen one;  "fifo" - the oldest one."""
 
     def __init__(self, times, capacity: int, replace: str = "l2", device="cpu",
@@ -60,7 +63,7 @@ class ErrorBank:
         assert capacity > 0, "capacity must be positive"
         self.times = torch.as_tensor(times, dtype=torch.float32)
         self.capacity, self.replace, self.device, self.dtype = capacity, replace, device, dtype
-        self.errors = None                                   # [buckets, capacity, ...] on first add
+        self.errors = None                                  # [buckets, capacity, ...] on first add
         self.count = torch.zeros(len(self.times), dtype=torch.long)  # filled slots per bucket
         self.added = torch.zeros(len(self.times), dtype=torch.long)  # ever added (fifo order)
         self.replace_gen = torch.Generator().manual_seed(0)   # for "random" replacement
@@ -201,6 +204,99 @@ def conditioning_error(banks, n: int, m: int, generator, t_max: float = 1.0):
         return windows[0] if windows else None
     pick = torch.randint(len(windows), (n,), generator=generator)
     return torch.stack(windows)[pick, torch.arange(n)]                  # [n, C, m, H, W]
+
+
+class RolloutPool:
+    """The closed-loop conditioning error (train.py --p-pool): live rollouts of training videos,
+    each error kept in the video it came from: scheduled sampling (Bengio et al. 2015) at the
+    level of clips. Entry i is a video of the source (source.video_key / source.video) that the
+    EMA model has rolled out for k_i clips, 1 <= k_i <= clips; it holds the model's own last m
+    frames of its clip k_i - 1 (clips numbered from 0 as in sample.rollout). A training clip
+    that takes the entry is conditioned on them, and its target is the real clip k_i of the same
+    video, frames [k_i (T - m), k_i (T - m) + T). The error recycled,
+        e_img = own motion frames - real motion frames,
+    goes back into its own video, where it may miss a shape that the anchor and the target
+    still show. train.advance_pool moves a few entries on by one clip at a time; an entry
+    retires after `clips` clips and a fresh video starts at clip 0 in its place."""
+
+    def __init__(self, source, size: int, clips: int, frames: int, motion_frames: int,
+                 p_film: float = 0.0):
+        self.source, self.size, self.clips, self.p_film = source, size, clips, p_film
+        self.T, self.m = frames, motion_frames
+        self.length = clips * (frames - motion_frames) + frames  # the frames a video needs
+        videos = getattr(source, "videos", [])  # a folder's (data.VideoFolder): too short skipped
+        self.skipped = sum(len(video) < self.length for video in videos)
+        if videos and self.skipped == len(videos):
+            raise ValueError(f"--p-pool: no video has the {self.length} frames of --pool-clips "
+                             f"{clips} clips; give fewer clips or longer videos")
+        self.keys = torch.zeros(size, 2, dtype=torch.long)  # each entry's video (source's key)
+        self.k = torch.zeros(size, dtype=torch.long)         # clips rolled out; 0: just started
+        self.film = torch.zeros(size, dtype=torch.bool)      # film mode: no anchor
+        self.motion = self.real = None  # [size, C, m, H, W]: own and real motion frames (fp32)
+        self.cursor = 0                 # the next entry due() hands out
+        self.videos = [None] * size     # each entry's (frames, prompt, control), from its key
+
+    @property
+    def started(self) -> bool:
+        return self.motion is not None
+
+    def restart(self, i: int, rng: np.random.Generator):
+        """Entry i becomes a fresh video at clip 0: its motion frames are the real first m."""
+        key = self.source.video_key(rng, self.length)
+        self.keys[i], self.k[i] = torch.tensor(key), 0
+        self.film[i] = bool(rng.random() < self.p_film)
+        self.videos[i] = self.source.video(key, self.length)
+        real = to_unit(self.videos[i][0][:self.m])                     # [C, m, H, W]
+        if not self.started:
+            self.motion, self.real = (torch.zeros(self.size, *real.shape) for _ in range(2))
+        self.motion[i], self.real[i] = real, real
+
+    def due(self, n: int, rng: np.random.Generator) -> list:
+        """The next n entries in turn; those done with their `clips` clips restart first."""
+        index = [(self.cursor + j) % self.size for j in range(min(n, self.size))]
+        self.cursor = (self.cursor + len(index)) % self.size
+        for i in index:
+            if self.k[i] >= self.clips:
+                self.restart(i, rng)
+        return index
+
+    def clip(self, i: int):
+        """Entry i's real clip k_i [C, T, H, W], prompt, control stream [T, 2] and anchor
+        [C, H, W] (the video's first frame; zeros in film mode)."""
+        frames, prompt, control = self.videos[i]
+        s = int(self.k[i]) * (self.T - self.m)
+        anchor = to_unit(frames[:1])[:, 0] * (not self.film[i])       # [C, H, W]
+        return (to_unit(frames[s:s + self.T]), prompt,
+                torch.from_numpy(control[s:s + self.T]).float(), anchor)
+
+    def advance(self, index: list, clips: torch.Tensor):
+        """Entries `index` move on by the clips generated from them [n, C, T, H, W]: their
+        motion frames become the clips' last m, beside the real frames of the same times."""
+        for i, clip in zip(index, clips.float().cpu()):
+            frames = self.videos[i][0]
+            s = (int(self.k[i]) + 1) * (self.T - self.m)
+            self.motion[i], self.real[i] = clip[:, -self.m:], to_unit(frames[s:s + self.m])
+            self.k[i] += 1
+
+    def draw(self, n: int, rng: np.random.Generator):
+        """n training clips from entries chosen at random: video [n, C, T, H, W], prompts,
+        control [n, T, 2], anchor [n, C, H, W] and the entries' own motion frames
+        [n, C, m, H, W], as make_batch puts them in place of fresh clips."""
+        pick = rng.choice(self.size, n, replace=n > self.size).tolist()
+        video, prompts, control, anchor = zip(*(self.clip(i) for i in pick))
+        return (torch.stack(video), list(prompts), torch.stack(control), torch.stack(anchor),
+                self.motion[pick])
+
+    def state_dict(self) -> dict:
+        """The entries' keys, clips, modes and frames: the videos are rendered again on load."""
+        return dict(keys=self.keys, k=self.k, film=self.film, motion=self.motion,
+                    real=self.real, cursor=self.cursor)
+
+    def load_state_dict(self, state: dict):
+        self.keys, self.k, self.film = state["keys"], state["k"], state["film"]
+        self.motion, self.real, self.cursor = state["motion"], state["real"], state["cursor"]
+        self.videos = [self.source.video(key.tolist(), self.length) if self.started else None
+                       for key in self.keys]
 
 
 def vanish(motion):

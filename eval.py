@@ -252,7 +252,8 @@ def parse_args(argv=None):
     p.add_argument("--diagnostic", choices=["headroom", "response", "errors"], default=None,
                    help="instead of the benchmark, one diagnostic (diagnose.py says which)")
     p.add_argument("--bank", default="", metavar="RUN/ckpt.pt",
-                   help="the error banks of an ERFT run (for --diagnostic response, errors)")
+                   help="the error banks (or rollout pool) of an ERFT (or --p-pool) run, for "
+                        "--diagnostic response, errors")
     p.add_argument("--seeds", type=int, default=16, help="rollouts (worlds) per setting")
     p.add_argument("--world", choices=list(WORLDS), default=None,
                    help="the kind of world (default: the first checkpoint's training world)")
@@ -289,7 +290,8 @@ def check(args) -> list:
         problems.append("give at least one --ckpt NAME=PATH")
     problems += [f"--ckpt {path}: no such file" for _, path in named if not os.path.isfile(path)]
     if args.diagnostic == "errors" and not args.bank:
-        problems.append("--diagnostic errors needs --bank RUN/ckpt.pt (an ERFT run's)")
+        problems.append("--diagnostic errors needs --bank RUN/ckpt.pt (an ERFT or a --p-pool "
+                        "run's)")
     if args.diagnostic == "errors" and args.chunks < 2:
         problems.append("--diagnostic errors needs --chunks 2 or more")
     if args.bank and not os.path.isfile(args.bank):

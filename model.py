@@ -397,6 +397,7 @@ class Checkpoint:
     model: dict | None = None      # a run's: the weights being trained,
     optimizer: dict | None = None  # the optimiser's state,
     banks: tuple | None = None     # and with --erft the states of its BANKS (ErrorBank)
+    pool: dict | None = None       # and with --p-pool its rollout pool's (errors.RolloutPool)
 
 
 def save_checkpoint(path: str, ckpt: Checkpoint):
@@ -404,7 +405,7 @@ def save_checkpoint(path: str, ckpt: Checkpoint):
     state = dict(model_cfg=asdict(ckpt.model_cfg), sampling=asdict(ckpt.sampling), ema=ckpt.ema,
                  step=ckpt.step, train_cfg=ckpt.train_cfg, **dict(zip(BANKS, ckpt.banks or ())))
     if ckpt.model is not None:
-        state.update(model=ckpt.model, optimizer=ckpt.optimizer)
+        state.update(model=ckpt.model, optimizer=ckpt.optimizer, pool=ckpt.pool)
     torch.save(state, path + ".tmp")
     os.replace(path + ".tmp", path)
 
@@ -430,7 +431,8 @@ def load_checkpoint(path: str) -> Checkpoint:
         state["sampling"] = dict(motion_frames=old.get("motion_frames", 2),
                                  shift=old.get("shift", 1.0), world=old.get("world", "hard"))
     banks = tuple(state.get(name) for name in BANKS) if BANKS[0] in state else None
-    rest = {k: state[k] for k in ("ema", "step", "train_cfg", "model", "optimizer") if k in state}
+    rest = {k: state[k] for k in ("ema", "step", "train_cfg", "model", "optimizer", "pool")
+            if k in state}
     return Checkpoint(DiTConfig(**state["model_cfg"]), Sampling(**state["sampling"]),
                       banks=banks, **rest)
 

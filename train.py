@@ -36,8 +36,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from config import TrainConfig, check, model_sizes, parse_args
 from data import DEFAULT_WORLD, ShapesSource, VideoFolder
-from errors import (ErrorBank, conditioning_error, error_picture, gather_from_ranks, inject,
-                    one_step_errors, vanish)
+from errors import (ErrorBank, RolloutPool, conditioning_error, error_picture, gather_from_ranks,
+                    inject, one_step_errors, vanish)
 from flow import flow_loss, interpolate, sample_t, schedule, velocity_target
 from model import (Checkpoint, DiTConfig, Sampling, VideoDiT, add_lora, condition,
                    load_checkpoint, merged_state_dict, save_checkpoint, tokenize)
@@ -74,15 +74,25 @@ class Batch(NamedTuple):
     control: torch.Tensor   # [B, T, 2] control streams (NaN: none)
 
 
-def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device) -> Batch:
+def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device,
+               pool: RolloutPool | None = None) -> Batch:
     """n training clips from source, with their noise, flow times, conditions (the anchor a
-    frame of the clip or from before it), prompts and control streams."""
+    frame of the clip or from before it), prompts and control streams; with a pool, the first
+    --p-pool of them are the pool's: the model's own motion frames, the real clip that follows."""
     T, m = cfg.frames, cfg.motion_frames
     video, prompts, control, anchor = source.clips(n, T, rng, cfg.anchor_gap)
-    x0, control, anchor = video.to(device), control.to(device), anchor.to(device)
-    film = torch.from_numpy(rng.random(n) < cfg.p_film).to(device)
+    film = torch.from_numpy(rng.random(n) < cfg.p_film)
     anchor = anchor * (~film).float().view(-1, 1, 1, 1)  # [B, C, H, W], zeros in film mode
-    cond = condition(x0[:, :, :m], anchor, T)                        # [B, C + 1, T, H, W]
+    motion = video[:, :, :m]                             # [B, C, m, H, W]
+    if pool is not None:  # (its anchors are zeros in its own film-mode entries)
+        j = round(cfg.p_pool * n)
+        own_video, own_prompts, own_control, own_anchor, own_motion = pool.draw(j, rng)
+        video, control, anchor, motion = (torch.cat([a, b[j:]]) for a, b in (
+            (own_video, video), (own_control, control), (own_anchor, anchor),
+            (own_motion, motion)))
+        prompts = own_prompts + prompts[j:]
+    x0, control, anchor = video.to(device), control.to(device), anchor.to(device)
+    cond = condition(motion.to(device), anchor, T)                   # [B, C + 1, T, H, W]
     if cfg.p_vanish > 0:  # a lost shape, as rollouts make: the target still shows it
         lost = (torch.rand(n, generator=gen) < cfg.p_vanish).to(device)
         cond[lost, 1:, :m] += vanish(cond[lost, 1:, :m])  # (before any noise: flat colours)
@@ -145,13 +155,15 @@ def setup_processes(cfg: TrainConfig) -> Procs:
 
 @dataclass
 class Run:
-    """What a run trains and saves: model, EMA, optimiser, error banks and step."""
+    """What a run trains on and saves: model, EMA, optimiser, error banks, rollout pool, step."""
     model: VideoDiT
     ema: VideoDiT
     optimizer: torch.optim.Optimizer
+    source: object                # the training videos: data.ShapesSource or data.VideoFolder
     bank_vid: ErrorBank           # one-step errors at the data end, bucketed by flow time
     bank_noise: ErrorBank         # and at the noise end
     bank_roll: ErrorBank          # rollout errors of the motion frames, one bucket
+    pool: RolloutPool | None = None  # --p-pool: live rollouts, each error in its own video
     step: int = 0
 
 
@@ -174,7 +186,8 @@ def model_config(cfg: TrainConfig, ckpt: Checkpoint | None, start: str) -> DiTCo
 
 
 def build(cfg: TrainConfig, device: str) -> Run:
-    """The run from scratch, from --init-from (the base's EMA weights) or --resume (everything)."""
+    """The run from scratch, from --init-from (the base's EMA weights) or --resume (everything),
+    and its training videos (the world's, the checkpoint's world when none is given)."""
     start = os.path.join(cfg.out, "ckpt.pt") if cfg.resume else cfg.init_from
     try:
         ckpt = load_checkpoint(start) if start else None
@@ -183,6 +196,13 @@ def build(cfg: TrainConfig, device: str) -> Run:
     model_cfg = model_config(cfg, ckpt, start)
     if not cfg.world:  # the world the checkpoint was trained on, else the default
         cfg.world = ckpt.sampling.world if ckpt else DEFAULT_WORLD
+    try:  # a folder that is not there or holds no usable video (for the pool: long enough)
+        source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.world) \
+            if cfg.data == "shapes" else VideoFolder(cfg.data, cfg.frames, cfg.resolution)
+        pool = RolloutPool(source, cfg.pool_size, cfg.pool_clips, cfg.frames, cfg.motion_frames,
+                           cfg.p_film) if cfg.p_pool > 0 else None
+    except ValueError as err:
+        fail([str(err)])
     sampling = Sampling(cfg.motion_frames, cfg.shift, cfg.sample_steps, cfg.sample_eta,
                         cfg.guidance, cfg.world)  # how sample.py and eval.py will roll it out
     model = VideoDiT(model_cfg, sampling, cfg.grad_ckpt)
@@ -203,7 +223,7 @@ def build(cfg: TrainConfig, device: str) -> Run:
     banks = [ErrorBank(bucket_times, capacity, cfg.replace, cfg.bank_device,
                        getattr(torch, cfg.bank_dtype)) for bucket_times, capacity in
              ((times, cfg.capacity), (times, cfg.capacity), ([0.0], cfg.buckets * cfg.capacity))]
-    run = Run(model, ema, optimizer, *banks)
+    run = Run(model, ema, optimizer, source, *banks, pool)
     if cfg.resume:
         model.load_state_dict(ckpt.model)
         ema.load_state_dict(ckpt.ema)
@@ -211,6 +231,8 @@ def build(cfg: TrainConfig, device: str) -> Run:
         for bank, state in zip(banks, ckpt.banks or ()):
             if state is not None:
                 bank.load_state_dict(state)
+        if pool is not None and ckpt.pool is not None:
+            pool.load_state_dict(ckpt.pool)
         run.step = ckpt.step
     return run
 
@@ -291,7 +313,36 @@ def bank_rollout_errors(run: Run, batch, cfg: TrainConfig, procs: Procs):
     run.bank_roll.add((clip.float() - x0)[:, :, -m:], torch.zeros(n))  # [n, C, m, H, W]
 
 
-def train_step(run: Run, net, source, cfg: TrainConfig, procs: Procs) -> torch.Tensor:
+@torch.no_grad()
+def advance_pool(run: Run, cfg: TrainConfig, procs: Procs):
+    """--p-pool: the EMA model moves --pool-advance entries of the rollout pool on by one clip
+    (--rollout-steps sampler steps, no guidance), conditioned as sample.rollout conditions clip
+    k: on the entry's own motion frames and its anchor. A new pool is filled first, entry i
+    rolled out for 1 + i mod --pool-clips clips, so that its entries' ages stay spread."""
+    pool, T = run.pool, cfg.frames
+    rng = np.random.default_rng([cfg.seed, run.step, procs.rank, 3])  # no micro-batch's stream
+    gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+    if pool.started:
+        rounds = [pool.due(cfg.pool_advance, rng)]
+    else:
+        for i in range(pool.size):
+            pool.restart(i, rng)
+        rounds = [[i for i in range(pool.size) if i % cfg.pool_clips >= r]
+                  for r in range(min(pool.size, cfg.pool_clips))]
+    for index in rounds:
+        motion = pool.motion[index]                                          # [n, C, m, H, W]
+        _, prompts, control, anchor = zip(*(pool.clip(i) for i in index))
+        cond = condition(motion, torch.stack(anchor), T).to(procs.device)  # [n, C + 1, T, H, W]
+        n, C, _, H, W = motion.shape
+        noise = torch.randn(n, C, T, H, W, generator=gen).to(procs.device)
+        with procs.autocast:
+            clips = generate_clip(run.ema, cond, list(prompts), torch.stack(control).to(
+                procs.device), noise, gen, steps=cfg.rollout_steps, shift=cfg.shift,
+                guidance=1.0, eta=cfg.sample_eta)
+        pool.advance(index, clips)
+
+
+def train_step(run: Run, net, cfg: TrainConfig, procs: Procs) -> torch.Tensor:
     """One optimiser step over this rank's micro-batches; returns the mean flow loss, a tensor on
     the device (reading its value would wait for the GPU at every step). Every random draw comes
     from generators seeded by (seed, step, shard), so resuming is bitwise."""
@@ -299,12 +350,14 @@ def train_step(run: Run, net, source, cfg: TrainConfig, procs: Procs) -> torch.T
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     run.optimizer.zero_grad(set_to_none=True)
+    if run.pool is not None and (not run.pool.started or run.step % cfg.rollout_every == 0):
+        advance_pool(run, cfg, procs)
     loss, errors, first = 0.0, [], None  # the loss: a sum of tensors
     for i in range(procs.accum):  # micro-batch i of this rank: shard rank * accum + i
         rng = np.random.default_rng([cfg.seed, run.step, procs.rank * procs.accum + i])
         gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        batch = make_batch(source, cfg, procs.micro, rng, gen, run.model.cfg.text_len,
-                           procs.device)
+        batch = make_batch(run.source, cfg, procs.micro, rng, gen, run.model.cfg.text_len,
+                           procs.device, run.pool)
         sync = i == procs.accum - 1 or procs.ranks == 1  # DDP averages over ranks on the last
         with nullcontext() if sync else net.no_sync():
             micro_loss, micro_errors = forward_backward(net, batch, run, cfg, gen, procs)
@@ -350,6 +403,9 @@ def log_line(run: Run, cfg: TrainConfig, losses: list, seconds: float, log):
                       error_norm=float(np.mean(norms)) if norms else 0.0)
     if cfg.erft and cfg.error_source != "onestep":  # does --rollout-chain grow the errors?
         record.update(rollout_error_norm=(run.bank_roll.stats()["mean_norm"] or [0.0])[0])
+    if run.pool is not None:  # how far the pool's own motion frames are from the real ones
+        record.update(pool_error_rms=float((run.pool.motion - run.pool.real).pow(2).mean().sqrt()),
+                      pool_clip=float(run.pool.k.float().mean()))
     print(" ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                    for k, v in record.items()), flush=True)
     log.write(json.dumps(record) + "\n")
@@ -357,8 +413,8 @@ def log_line(run: Run, cfg: TrainConfig, losses: list, seconds: float, log):
 
 
 def save(run: Run, cfg: TrainConfig, path: str, export: bool = False):
-    """The checkpoint (weights, EMA, optimiser, step, configs, banks); with export, the EMA alone,
-    LoRA folded in, in half precision: small, for sharing."""
+    """The checkpoint (weights, EMA, optimiser, step, configs, banks, pool); with export, the EMA
+    alone, LoRA folded in, in half precision: small, for sharing."""
     ckpt = Checkpoint(run.model.cfg, run.ema.sampling, run.ema.state_dict(), run.step,
                       dataclasses.asdict(cfg))
     if export:
@@ -369,18 +425,14 @@ def save(run: Run, cfg: TrainConfig, path: str, export: bool = False):
         ckpt.model, ckpt.optimizer = run.model.state_dict(), run.optimizer.state_dict()
         banks = run.bank_vid, run.bank_noise, run.bank_roll
         ckpt.banks = tuple(bank.state_dict() for bank in banks) if cfg.erft else None
+        ckpt.pool = run.pool.state_dict() if run.pool is not None else None
     save_checkpoint(path, ckpt)
 
 
 def main(cfg: TrainConfig):
     check(cfg)
     procs = setup_processes(cfg)
-    run = build(cfg, procs.device)  # (and the world, from a checkpoint when not given)
-    try:
-        source = ShapesSource(cfg.resolution, cfg.motion_frames, cfg.world) \
-            if cfg.data == "shapes" else VideoFolder(cfg.data, cfg.frames, cfg.resolution)
-    except ValueError as err:  # a folder that is not there, or holds no usable video
-        fail([str(err)])
+    run = build(cfg, procs.device)
     net = torch.compile(run.model) if cfg.compile else run.model
     net = DistributedDataParallel(net) if procs.ranks > 1 else net
     if procs.master:
@@ -388,10 +440,13 @@ def main(cfg: TrainConfig):
         trained = sum(p.numel() for p in run.model.parameters() if p.requires_grad)
         print(f"model: preset {cfg.preset}, {run.model.num_params() / 1e6:.2f}M parameters "
               f"({trained / 1e6:.2f}M trained), {procs.device}, {procs.ranks} rank(s)")
+        if run.pool is not None and run.pool.skipped:
+            print(f"rollout pool: {run.pool.skipped} of {len(run.source.videos)} videos are "
+                  f"shorter than {run.pool.length} frames ({cfg.pool_clips} clips), skipped")
     log = open(os.path.join(cfg.out, "log.jsonl"), "a") if procs.master else None
     losses, t0 = [], time.time()
     while run.step < cfg.steps:
-        losses.append(train_step(run, net, source, cfg, procs))
+        losses.append(train_step(run, net, cfg, procs))
         last = run.step == cfg.steps
         if run.step % cfg.log_every == 0 or run.step % cfg.ckpt_every == 0 or last:
             values = checked(losses, run, cfg, procs)  # on every rank, together
@@ -415,7 +470,7 @@ def main(cfg: TrainConfig):
         dist.barrier()   # whole: gloo threads met at interpreter exit can abort a finished rank
         dist.destroy_process_group()
         gc.collect()
-    return run.model, run.ema, run.bank_vid, run.bank_noise, run.bank_roll
+    return run.model, run.ema, run.bank_vid, run.bank_noise, run.bank_roll, run.pool
 
 
 if __name__ == "__main__":

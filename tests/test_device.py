@@ -67,7 +67,7 @@ def test_an_erft_training_step_stays_on_the_device_banks_included(tmp_path):
                                        rollout_steps=2, rollout_chain=1.0)
     before = run.bank_vid.added.clone()
     for step in range(2):  # the second injects and chains rollout errors banked by the first
-        loss = train.train_step(run, run.model, source, cfg, procs)
+        loss = train.train_step(run, run.model, cfg, procs)
     assert loss.device == META and run.step == 2
     assert (run.bank_vid.added.sum() - before.sum()) == 4  # the steps' two errors each, filed
     assert len(run.bank_roll) == 2 and run.bank_roll.errors.device == META  # a rollout a step
@@ -84,6 +84,26 @@ def test_errors_banked_on_the_cpu_are_injected_on_the_device(tmp_path):
                                                              procs)
     assert loss.device == META and e_vid.device == META and e_noise.device == META
     assert t.device.type == "cpu" and keep.device.type == "cpu"  # values the banks need
+
+
+def test_a_pool_step_hands_the_model_its_inputs_on_the_device(tmp_path, monkeypatch):
+    """The pool's rollouts see only device tensors; its frames come back to the CPU (here from a
+    stand-in, since a meta tensor has no values to copy) and go into batches on the device."""
+    cfg = tiny_config(tmp_path, p_pool=0.5, pool_size=2, pool_clips=2, rollout_steps=2,
+                      **CFG_TRAIN)
+    run = train.build(cfg, "meta")
+
+    def stand_in(model, cond, prompts, control, noise, generator=None, **given):
+        assert {cond.device, control.device, noise.device} == {META}
+        assert all(p.device == META for p in model.parameters())
+        return torch.zeros(noise.shape)  # [n, C, T, H, W] on the CPU
+
+    monkeypatch.setattr(train, "generate_clip", stand_in)
+    procs = train.Procs(rank=0, ranks=1, device="meta", micro=2, accum=1,
+                        autocast=nullcontext())
+    loss = train.train_step(run, run.model, cfg, procs)  # the pool filled, then a batch from it
+    assert loss.device == META and run.pool.k.tolist() == [1, 2]
+    assert run.pool.motion.device.type == "cpu"
 
 
 @pytest.mark.parametrize("flags", [["--mode", "shot", "--control", "world", "--guidance", "2"],
@@ -114,7 +134,7 @@ def test_bf16_autocast_trains_with_an_fp32_loss_and_banks_in_their_dtype(tmp_pat
     run = train.build(cfg, "cpu")
     handle = run.model.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
     source = ShapesSource(16, 2)
-    losses = [train.train_step(run, run.model, source, cfg, procs) for _ in range(2)]
+    losses = [train.train_step(run, run.model, cfg, procs) for _ in range(2)]
     handle.remove()
     assert seen == [torch.bfloat16] * 2  # the DiT ran in bf16
     assert all(loss.dtype == torch.float32 and torch.isfinite(loss) for loss in losses)

@@ -357,6 +357,22 @@ def test_each_diagnostic_is_one_command(tmp_path, base_ckpt, capsys):
     assert "saved before banks recorded their capacity" in capsys.readouterr().err
 
 
+def test_the_errors_diagnostic_puts_a_pools_errors_back_on_their_own_videos(tmp_path, base_ckpt):
+    run = tmp_path / "pool"
+    train.main(tiny_config(run, steps=1, init_from=base_ckpt, p_pool=0.5, pool_size=4,
+                           pool_clips=2, rollout_steps=1))  # no --erft: a pool and no banks
+    pool = torch.load(run / "ckpt.pt", weights_only=True)["pool"]
+    groups = diagnose.pool_errors(pool)
+    assert list(groups) == ["pool, clip 1", "pool, clip 2"]  # entries 0, 2 and 1, 3
+    error, real = groups["pool, clip 2"]
+    torch.testing.assert_close(real + error, pool["motion"][[1, 3]])  # own = real + error
+    drift.main(drift.parse_args(["--diagnostic", "errors", "--ckpt", f"a={base_ckpt}", "--bank",
+                                 str(run / "ckpt.pt"), "--seeds", "2", "--chunks", "2",
+                                 "--sample-steps", "1", "--out", str(tmp_path / "out")]))
+    table = (tmp_path / "out" / "errors.md").read_text()
+    assert "| pool, clip 1 | 2 |" in table and "banked, t" not in table
+
+
 def test_teacher_forcing_conditions_clip_k_on_the_real_frames_just_before_it():
     T, m = 6, 2
     reals = [drift.real_world(seed, "consistent", 4, T, m, 16) for seed in range(2)]

@@ -12,7 +12,7 @@ import torch
 
 import sample
 import train
-from data import DEFAULT_WORLD, ShapesSource
+from data import DEFAULT_WORLD, ShapesSource, ShapesWorld, to_unit
 from errors import vanish
 from flow import euler_sample
 from model import Sampling, condition, from_checkpoint, merged_state_dict, tokenize
@@ -44,9 +44,12 @@ def assert_same_run(a, b):
     for x, y in zip(a[:2], b[:2]):  # model and EMA
         for (name, p), q in zip(x.state_dict().items(), y.state_dict().values()):
             assert torch.equal(p, q), name
-    for x, y in zip(a[2:], b[2:]):  # error banks
+    for x, y in zip(a[2:5], b[2:5]):  # error banks
         assert torch.equal(x.count, y.count)
         assert (x.errors is None and y.errors is None) or torch.equal(x.errors, y.errors)
+    if a[5] is not None:  # the rollout pool
+        for (name, x), y in zip(a[5].state_dict().items(), b[5].state_dict().values()):
+            assert torch.equal(x, y) if torch.is_tensor(x) else x == y, name
 
 
 def test_resumed_run_is_bitwise_identical(tmp_path, monkeypatch):
@@ -124,6 +127,97 @@ def test_a_chained_rollout_starts_from_motion_frames_carrying_a_banked_error(tmp
     assert torch.equal(seen[0][:, :1], real[:, :1])  # the mask
     assert torch.equal(seen[0][:, :, 2:], real[:, :, 2:])  # the anchor
     assert len(run.bank_roll) == 2
+
+
+def fake_rollouts(monkeypatch) -> list:
+    """train.generate_clip replaced by a stand-in whose clip is its condition frames + 0.5; the
+    conditions it is given are recorded."""
+    seen = []
+
+    def stand_in(model, cond, prompts, control, noise, generator=None, **given):
+        seen.append(cond.clone())
+        return cond[:, 1:] + 0.5  # [n, C, T, H, W]
+
+    monkeypatch.setattr(train, "generate_clip", stand_in)
+    return seen
+
+
+PROCS = train.Procs(rank=0, ranks=1, device="cpu", micro=4, accum=1, autocast=nullcontext())
+
+
+def test_the_pool_fills_with_spread_ages_and_rolls_each_video_on_from_its_own_frames(
+        tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path, p_pool=0.5, pool_size=5, pool_clips=3, pool_advance=2)
+    run, seen = train.build(cfg, "cpu"), fake_rollouts(monkeypatch)
+    pool = run.pool
+    train.advance_pool(run, cfg, PROCS)
+    assert pool.k.tolist() == [1, 2, 3, 1, 2] and [len(c) for c in seen] == [5, 3, 1]
+    assert 0 < pool.film.sum() < 5  # both modes, as p_film = 0.5 draws them
+    videos = [to_unit(ShapesWorld(int(seed), 16, DEFAULT_WORLD, control=bool(control)).frames(
+        pool.length)) for seed, control in pool.keys.tolist()]  # each [C, 10, H, W], its own
+    anchors = [v[:, :1].expand(-1, 2, -1, -1) * (not film) for v, film in zip(videos, pool.film)]
+    for i, (video, anchor) in enumerate(zip(videos, anchors)):
+        assert torch.equal(seen[0][i, 1:], torch.cat([video[:, :2], anchor], dim=1))  # clip 0
+        assert torch.equal(seen[0][i, 0, :2], torch.ones(2, 16, 16))  # the mask
+        assert torch.equal(pool.motion[i], anchor + 0.5)  # the last clip's last m frames
+        s = 2 * int(pool.k[i])  # beside the real frames of the same times
+        assert torch.equal(pool.real[i], video[:, s:s + 2])
+    run.step, keys, motion = 4, pool.keys.clone(), pool.motion.clone()
+    train.advance_pool(run, cfg, PROCS)  # entries 0 and 1 move on from their own frames
+    assert torch.equal(seen[-1][:, 1:, :2], motion[:2]) and pool.k.tolist() == [2, 3, 3, 1, 2]
+    train.advance_pool(run, cfg, PROCS)  # entry 2 is done with its 3 clips: a new video
+    assert pool.k.tolist() == [2, 3, 1, 2, 2] and torch.equal(seen[-1][1, 1:, :2], motion[3])
+    assert not torch.equal(pool.keys[2], keys[2]) and torch.equal(pool.keys[3:], keys[3:])
+
+
+def test_a_pool_clip_is_conditioned_on_its_own_rollout_and_targets_the_real_next_clip(tmp_path):
+    cfg = tiny_config(tmp_path, p_pool=0.5, pool_size=3, pool_clips=3, rollout_steps=2)
+    run = train.build(cfg, "cpu")
+    train.advance_pool(run, cfg, PROCS)  # the model's own rollouts
+    pool = run.pool
+    draw = lambda p: train.make_batch(run.source, cfg, 4, np.random.default_rng(0),
+                                      torch.Generator().manual_seed(0), 8, "cpu", p)
+    own, plain = draw(pool), draw(None)
+    for name in ("x0", "cond", "noise", "t"):  # round(0.5 x 4) = 2 clips are the pool's
+        assert torch.equal(getattr(own, name)[2:], getattr(plain, name)[2:]), name
+    for b in range(2):
+        i = [i for i in range(3) if torch.equal(own.cond[b, 1:, :2], pool.motion[i])]
+        assert len(i) == 1  # conditioned on one entry's own motion frames
+        i = i[0]
+        video = to_unit(run.source.video(pool.keys[i].tolist(), pool.length)[0])  # [C, 10, H, W]
+        s = 2 * int(pool.k[i])
+        assert torch.equal(own.x0[b], video[:, s:s + 4])  # its own video's real clip k
+        assert not torch.equal(own.cond[b, 1:, :2], own.x0[b, :, :2])  # not the real frames
+        anchor = video[:, :1].expand(-1, 2, -1, -1) * (not pool.film[i])
+        assert torch.equal(own.cond[b, 1:, 2:], anchor)  # the anchor as usual
+        assert torch.equal(own.cond[b, :1], plain.cond[b, :1])  # the mask untouched
+
+
+def test_a_pool_run_with_erft_on_top_resumes_bitwise_pool_included(tmp_path, monkeypatch,
+                                                                    base_ckpt):
+    flags = dict(steps=6, batch_size=4, init_from=base_ckpt, p_pool=0.5, pool_size=3,
+                 pool_clips=2, pool_advance=1, rollout_every=2, rollout_steps=2, erft=True,
+                 p_clean=0.0)
+    straight = train.main(tiny_config(tmp_path / "a", **flags))
+    resumed = run_with_crash(tiny_config(tmp_path / "b", ckpt_every=3, **flags), monkeypatch, 3)
+    assert_same_run(straight, resumed)
+    assert straight[5].k.tolist() == [2, 1, 1] and len(straight[2]) > 0  # entry 1 started anew
+
+
+def test_the_pool_skips_videos_too_short_for_its_clips_and_says_so(tmp_path, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    frames = ShapesWorld(0, 16).frames(12)
+    iio.imwrite(folder / "long.gif", frames, loop=0)
+    iio.imwrite(folder / "short.gif", frames[:6], loop=0)
+    flags = dict(data=str(folder), p_pool=0.5, pool_size=3, rollout_steps=2, steps=1)
+    *_, pool = train.main(tiny_config(tmp_path / "run", pool_clips=3, **flags))  # 10 frames
+    assert "1 of 2 videos are shorter than 10 frames (3 clips), skipped" in \
+        capsys.readouterr().out
+    assert [len(pool.source.videos[i]) for i in pool.keys[:, 0].tolist()] == [12] * 3
+    with pytest.raises(SystemExit) as exit_info:  # 5 clips need 14 frames
+        train.main(tiny_config(tmp_path / "run2", pool_clips=5, **flags))
+    assert exit_info.value.code == 2 and "has the 14 frames" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("p_vanish, erased_clips", [(0.0, (0, 0)), (0.5, (1, 7)), (1.0, (8, 8))])
@@ -294,6 +388,8 @@ def test_start_from_an_image_with_a_prompt(tmp_path, base_ckpt):
     (["--prediction", "eps"], "--prediction: invalid choice: 'eps'"),
     (["--t-sampling", "beta"], "--t-sampling: invalid choice: 'beta'"),
     (["--cond-leak", "-1"], "--cond-leak 0 or more"),
+    (["--p-pool", "1.5"], "--p-pool must be within [0, 1]"),
+    (["--pool-clips", "0"], "--pool-clips must be positive"),
     (["--device", "meta"], "--device meta holds shapes, not values"),
     (["--device", "cuda"] if not torch.cuda.is_available() else ["--device", "nowhere"],
      "--device"),
