@@ -64,10 +64,13 @@ def run_banks(path):
 
 def pool_errors(pool: dict) -> dict:
     """A rollout pool's errors, each with its own video's real frames: {"pool, clip k": (own -
-    real motion frames, real), each [entries, C, m, H, W]} for the entries k clips in."""
-    k = pool["k"]
-    return {f"pool, clip {c}": (pool["motion"][k == c] - pool["real"][k == c],
-                                pool["real"][k == c]) for c in sorted(set(k.tolist())) if c}
+    real motion frames, real), each [entries, C, m, H, W]} for the entries k clips in, and
+    "pool, clips 1-K" for them all."""
+    k, own, real = pool["k"], pool["motion"], pool["real"]
+    groups = {f"pool, clip {c}": (own[k == c] - real[k == c], real[k == c])
+              for c in sorted(set(k.tolist())) if c}
+    groups[f"pool, clips 1-{int(k.max())}"] = (own[k > 0] - real[k > 0], real[k > 0])
+    return groups
 
 
 # -----------------------------------------------------------------------------

@@ -363,14 +363,15 @@ def test_the_errors_diagnostic_puts_a_pools_errors_back_on_their_own_videos(tmp_
                            pool_clips=2, rollout_steps=1))  # no --erft: a pool and no banks
     pool = torch.load(run / "ckpt.pt", weights_only=True)["pool"]
     groups = diagnose.pool_errors(pool)
-    assert list(groups) == ["pool, clip 1", "pool, clip 2"]  # entries 0, 2 and 1, 3
+    assert list(groups) == ["pool, clip 1", "pool, clip 2", "pool, clips 1-2"]  # 0, 2; 1, 3
     error, real = groups["pool, clip 2"]
     torch.testing.assert_close(real + error, pool["motion"][[1, 3]])  # own = real + error
     drift.main(drift.parse_args(["--diagnostic", "errors", "--ckpt", f"a={base_ckpt}", "--bank",
                                  str(run / "ckpt.pt"), "--seeds", "2", "--chunks", "2",
                                  "--sample-steps", "1", "--out", str(tmp_path / "out")]))
     table = (tmp_path / "out" / "errors.md").read_text()
-    assert "| pool, clip 1 | 2 |" in table and "banked, t" not in table
+    assert "| pool, clip 1 | 2 |" in table and "| pool, clips 1-2 | 4 |" in table
+    assert "banked, t" not in table
 
 
 def test_teacher_forcing_conditions_clip_k_on_the_real_frames_just_before_it():
