@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from data import WORLDS, writable_folder
 from flow import schedule
 from model import PRESETS, Sampling, load_checkpoint
-from sample import device_problems, fail, not_positive
+from sample import device_problems, eta_problems, eta_value, fail, not_positive
 
 
 @dataclass
@@ -100,7 +100,8 @@ class TrainConfig:
                                   # (with --rollout-steps sampler steps)
     # sampling during training
     sample_steps: int = Sampling.steps  # sampling steps per clip (in samples and checkpoints)
-    sample_eta: float = Sampling.eta    # share of the noise drawn anew per step (euler_sample)
+    sample_eta: float | str = Sampling.eta  # share of the noise drawn anew per step, or
+                                  # "ancestral" (flow.euler_sample)
     guidance: float = 1.0         # classifier-free guidance of samples (and the checkpoint's)
     # input / output
     out: str = "out"              # run folder: ckpt.pt, log.jsonl, samples/
@@ -134,7 +135,8 @@ def parse_args(argv=None) -> TrainConfig:
         if f.type is bool or f.type == "bool":
             p.add_argument(flag, action=argparse.BooleanOptionalAction)
         else:
-            kind = {"int": int, "float": float, "str": str}.get(str(f.type), f.type)
+            kind = eta_value if f.name == "sample_eta" else \
+                {"int": int, "float": float, "str": str}.get(str(f.type), f.type)
             p.add_argument(flag, type=kind, choices=CHOICES.get(f.name))
     given = vars(p.parse_args(argv))
     path = os.path.join(given.get("out", TrainConfig.out), "ckpt.pt")
@@ -186,9 +188,9 @@ def check(cfg: TrainConfig):
         problems.append("--p-vanish erases flat-coloured shapes: it needs --data shapes")
     if cfg.t_std <= 0 or cfg.cond_leak < 0:
         problems.append("--t-std must be positive and --cond-leak 0 or more")
-    problems += device_problems(cfg.device)
+    problems += device_problems(cfg.device) + eta_problems("--sample-eta", cfg.sample_eta)
     for name in ("p_film", "p_uncond", "p_img", "p_vid", "p_noise", "p_clean", "p_bank_clean",
-                 "p_vanish", "sample_eta", "img_t_max", "rollout_chain", "p_pool"):
+                 "p_vanish", "img_t_max", "rollout_chain", "p_pool"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             problems.append(f"--{name.replace('_', '-')} must be within [0, 1]")
     fail(problems)

@@ -77,9 +77,12 @@ def flow_loss(v_hat, v_target):
     return F.mse_loss(v_hat.float(), v_target.float())
 
 
+ANCESTRAL = "ancestral"  # the eta of DDPM's step (euler_sample)
+
+
 @torch.no_grad()
 def euler_sample(velocity, noise, steps: int, shift: float = 1.0, guidance: float = 1.0,
-                 eta: float = 0.0, generator: torch.Generator | None = None):
+                 eta: float | str = 0.0, generator: torch.Generator | None = None):
     """Integrate from noise (t = 1) to data (t = 0) in `steps` steps.
 
     velocity(x, t, conditional) -> v, with t of shape [B]; conditional=False must drop the prompt.
@@ -88,10 +91,13 @@ def euler_sample(velocity, noise, steps: int, shift: float = 1.0, guidance: floa
     Each step splits x_t into the model's data and noise estimates and rebuilds x at the next
     time t' from them, with a share eta of the noise drawn anew (from `generator`):
         x_t' = (1 - t') x0_hat + t' (sqrt(1 - eta^2) noise_hat + eta z),   z ~ N(0, I)
-    eta = 0 is exactly the Euler step x_t' = x_t + (t' - t) v of the flow's ODE; eta = 1 keeps
-    only the data estimate and re-noises it (as multistep consistency sampling does; DDPM's
-    ancestral step would keep a share sqrt(1 - eta^2) = (1 - t) t' / ((1 - t') t) of noise_hat),
-    which lets a small model wash out its own mistakes of earlier steps.
+    eta = 0 is exactly the Euler step x_t' = x_t + (t' - t) v of the flow's ODE. eta =
+    "ancestral" is DDPM's step (Ho et al. 2020), a draw from the path's posterior at t' given
+    x_t and x0_hat: it keeps the share sqrt(1 - eta^2) = (1 - t) t' / ((1 - t') t) of noise_hat.
+    Both draw the data distribution itself for an exact model, and the ancestral step lets a
+    small model wash out some of its own mistakes. eta = 1 keeps only the data estimate and
+    re-noises it (as multistep consistency sampling does): x0_hat is the mean of what the clip
+    may be, so each step pulls the draw towards that mean (tests/test_flow.py).
     """
     ts = schedule(steps, shift).to(noise.device)
     x = noise
@@ -103,8 +109,13 @@ def euler_sample(velocity, noise, steps: int, shift: float = 1.0, guidance: floa
             v = v_uncond + guidance * (v - v_uncond)
         if eta == 0.0:
             x = x + (t_next - t) * v  # t_next < t: a step towards the data
+            continue
+        if eta == ANCESTRAL:
+            keep = (1 - t) * t_next / ((1 - t_next) * t)
+            fresh = (1 - keep ** 2) ** 0.5
         else:
-            z = torch.randn(x.shape, generator=generator).to(x.device)
-            noise_mix = (1 - eta ** 2) ** 0.5 * noise_from_v(x, v, t) + eta * z
-            x = interpolate(x0_from_v(x, v, t), noise_mix, t_next)
+            keep, fresh = (1 - eta ** 2) ** 0.5, eta
+        z = torch.randn(x.shape, generator=generator).to(x.device)
+        noise_mix = keep * noise_from_v(x, v, t) + fresh * z
+        x = interpolate(x0_from_v(x, v, t), noise_mix, t_next)
     return x

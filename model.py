@@ -376,7 +376,7 @@ class Sampling:
     motion_frames: int = 2    # m, frames carried from one clip to the next, as trained
     shift: float = 1.0        # schedule shift, as trained (flow.shift_t)
     steps: int = 20           # sampler steps per clip (flow.euler_sample)
-    eta: float = 1.0          # share of the noise drawn anew at each step
+    eta: float | str = 1.0    # share of the noise drawn anew at each step, or "ancestral"
     guidance: float = 1.0     # classifier-free guidance scale (1: none)
     world: str = ""           # the synthetic world it was trained on (data.WORLDS)
 

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from data import WORLDS, ShapesWorld, VideoWriter, read_video, to_uint8, to_unit, writable_folder
-from flow import euler_sample
+from flow import ANCESTRAL, euler_sample
 from model import Sampling, condition, from_checkpoint, tokenize
 
 
@@ -150,8 +150,9 @@ def add_sampler_flags(p):
     --shift)."""
     p.add_argument("--sample-steps", type=int, default=None, help="sampler steps per clip")
     p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
-    p.add_argument("--eta", type=float, default=None,
-                   help="share of the noise drawn anew at each step: 0 is the flow's ODE (Euler)")
+    p.add_argument("--eta", type=eta_value, default=None,
+                   help="share of the noise drawn anew at each step: 0 is the flow's ODE "
+                        "(Euler), 'ancestral' DDPM's step")
     p.add_argument("--shift", type=float, default=None, help="schedule shift")
 
 
@@ -160,9 +161,20 @@ def sampler_problems(args) -> list[str]:
     given = argparse.Namespace(**{k: getattr(args, k) for k in ("sample_steps", "shift")
                                   if getattr(args, k) is not None})
     problems = not_positive(given, vars(given))
-    if args.eta is not None and not 0 <= args.eta <= 1:
-        problems.append(f"--eta must be in [0, 1], got {args.eta}")
-    return problems
+    return problems + eta_problems("--eta", args.eta)
+
+
+def eta_value(text: str) -> float | str:
+    """The value of --eta (and train.py's --sample-eta): a number, or "ancestral"."""
+    try:
+        return ANCESTRAL if text == ANCESTRAL else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number in [0, 1] or {ANCESTRAL}, not {text!r}")
+
+
+def eta_problems(flag: str, eta) -> list[str]:
+    return [] if eta in (None, ANCESTRAL) or 0 <= eta <= 1 else \
+        [f"{flag} must be in [0, 1] or {ANCESTRAL}, got {eta}"]
 
 
 def check_args(args):

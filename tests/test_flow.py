@@ -1,8 +1,8 @@
 """Rectified-flow identities. Run: python -m pytest tests/test_flow.py"""
 import torch
 
-from flow import (X_T_MIN, euler_sample, interpolate, noise_from_v, sample_t, schedule,
-                  shift_t, v_from_x0, velocity_target, x0_from_v)
+from flow import (ANCESTRAL, X_T_MIN, euler_sample, interpolate, noise_from_v, sample_t,
+                  schedule, shift_t, v_from_x0, velocity_target, x0_from_v)
 
 
 def video(seed):
@@ -36,7 +36,7 @@ def test_stochastic_steps_land_on_the_data_of_the_true_field():
     x0 wherever x is, so every eta ends on x0, however much noise is re-drawn on the way."""
     x0, noise = video(0), video(1)
     velocity = lambda x, t, c: (x - x0) / t.view(-1, 1, 1, 1, 1)
-    for eta in (0.0, 0.5, 1.0):
+    for eta in (0.0, 0.5, 1.0, ANCESTRAL):
         out = euler_sample(velocity, noise, steps=5, eta=eta,
                            generator=torch.Generator().manual_seed(0))
         torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
@@ -54,6 +54,27 @@ def test_eta_zero_is_the_euler_step_and_eta_one_redraws_the_noise():
     assert torch.equal(draw(0), draw(0))             # reproducible from the generator
     assert not torch.allclose(draw(0), draw(1))      # and the fresh noise matters
     assert not torch.allclose(draw(0), x)
+
+
+def test_the_ode_and_the_ancestral_step_draw_the_data_and_eta_one_shrinks_it():
+    """Data x0 ~ N(1, 0.5^2) has the exact velocity v = (x - E[x0 | x_t]) / t, with
+    E[x0 | x_t] = mu + (1 - t) s^2 / ((1 - t)^2 s^2 + t^2) (x_t - (1 - t) mu). With it, the ODE
+    and DDPM's step draw the data's spread; re-noising the data estimate fully (eta = 1) draws
+    less than three quarters of it, however many steps."""
+    mu, s = 1.0, 0.5
+
+    def velocity(x, t, conditional):
+        t = t.view(-1, 1)
+        x0_hat = mu + (1 - t) * s ** 2 / ((1 - t) ** 2 * s ** 2 + t ** 2) * (x - (1 - t) * mu)
+        return (x - x0_hat) / t
+
+    noise = torch.randn(20000, 1, generator=torch.Generator().manual_seed(0))
+    draw = lambda eta: euler_sample(velocity, noise, steps=200, eta=eta,  # noqa: E731
+                                    generator=torch.Generator().manual_seed(1))
+    for eta in (0.0, ANCESTRAL, 1.0):
+        assert abs(draw(eta).mean() - mu) < 0.02, eta
+    assert abs(draw(0.0).std() - s) < 0.015 and abs(draw(ANCESTRAL).std() - s) < 0.015
+    assert draw(1.0).std() < 0.75 * s
 
 
 def test_guidance_extrapolates_from_unconditional_to_conditional():

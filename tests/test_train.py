@@ -321,10 +321,10 @@ def test_sampling_is_deterministic_and_counts_frames(tmp_path, base_ckpt):
 
 def test_the_checkpoint_records_how_to_sample_and_flags_override_it(tmp_path, base_ckpt):
     train.main(tiny_config(tmp_path, init_from=base_ckpt, steps=1, shift=3.0, sample_steps=5,
-                           sample_eta=0.5, guidance=1.5))
+                           sample_eta="ancestral", guidance=1.5))
     model = from_checkpoint(str(tmp_path / "ckpt.pt"))
-    assert model.sampling == Sampling(motion_frames=2, shift=3.0, steps=5, eta=0.5, guidance=1.5,
-                                      world=DEFAULT_WORLD)
+    assert model.sampling == Sampling(motion_frames=2, shift=3.0, steps=5, eta="ancestral",
+                                      guidance=1.5, world=DEFAULT_WORLD)
     assert sample.sampling_of(model, steps=None, eta=0.0, shift=None) == \
         Sampling(2, 3.0, 5, 0.0, 1.5, DEFAULT_WORLD)  # None: the checkpoint's
 
@@ -405,7 +405,8 @@ def test_bad_training_flags_are_rejected_clearly(flags, message, capsys):
     (["--out", "video.avi"], "must end in .mp4 or .gif"),
     (["--ckpt", "missing.pt"], "no such file"),
     (["--control", "missing.txt"], "no such file"),
-    (["--eta", "1.5"], "--eta must be in [0, 1]"),
+    (["--eta", "1.5"], "--eta must be in [0, 1] or ancestral"),
+    (["--eta", "ddpm"], "--eta: a number in [0, 1] or ancestral, not 'ddpm'"),
     (["--sample-steps", "0"], "--sample-steps must be positive"),
     (["--shift", "-1"], "--shift must be positive"),
     (["--device", "meta"], "--device meta holds shapes, not values"),
