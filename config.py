@@ -42,8 +42,8 @@ class TrainConfig:
     patch_t: int = 2              # frames per token
     patch_s: int = 4              # pixels per token side
     rope: bool = True             # 3-D rotary positions in attention (model.rope_angles)
-    prediction: str = "v"         # the network outputs v, the velocity, or x, the clean clip
-                                  # (Li & He 2025); the loss is on v either way (flow.v_from_x0)
+    prediction: str = "x"         # the network outputs x, the clean clip (Li & He 2025), or v,
+                                  # the velocity; the loss is on v either way (flow.v_from_x0)
     long_skip: bool = False       # U-ViT's long skip from the input tokens to the output layer
     out_conv: bool = False        # U-ViT's 3x3 convolution on the output frames
     lora_rank: int = 0            # > 0: fine-tune low-rank adapters instead of all weights
@@ -59,9 +59,9 @@ class TrainConfig:
     ema: float = 0.999            # decay of the weight average used for sampling
     p_uncond: float = 0.1         # prompt dropout, so classifier-free guidance works
     shift: float = 1.0            # schedule shift of training and sampling times (flow.shift_t)
-    t_sampling: str = "uniform"   # training times: uniform, or logit-normal (SD3) with
-    t_mean: float = 0.0           # this mean (> 0: towards noise, < 0: towards the data)
-    t_std: float = 1.0            # and this spread, of the logit of t
+    t_sampling: str = "logit-normal"  # training times: logit-normal (SD3) with
+    t_mean: float = 0.8           # this mean (> 0: towards noise, < 0: towards the data)
+    t_std: float = 0.8            # and this spread, of the logit of t; or uniform
     cond_leak: float = 0.0        # > 0: Gaussian noise of std (this x t) on the motion frames,
                                   # so that at high noise the model cannot copy them (Zhao et al.
                                   # 2024, conditional image leakage); sampling stays clean
@@ -100,8 +100,8 @@ class TrainConfig:
                                   # (with --rollout-steps sampler steps)
     # sampling during training
     sample_steps: int = Sampling.steps  # sampling steps per clip (in samples and checkpoints)
-    sample_eta: float | str = Sampling.eta  # share of the noise drawn anew per step, or
-                                  # "ancestral" (flow.euler_sample)
+    sample_eta: float | str = "ancestral"  # share of the noise drawn anew per step, or
+                                  # "ancestral", DDPM's share (flow.euler_sample)
     guidance: float = 1.0         # classifier-free guidance of samples (and the checkpoint's)
     # input / output
     out: str = "out"              # run folder: ckpt.pt, log.jsonl, samples/

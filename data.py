@@ -13,7 +13,7 @@ data.py: where svi's clips come from.
 - ShapesSource: training clips of fresh random worlds of one preset.
 - VideoFolder: a folder of the user's own videos (mp4, gif, webm, avi), with an optional caption
   per video in a sidecar .txt.
-- ShapesSource and VideoFolder both have clips(batch, frames, rng, anchor_gap) -> (video
+- ShapesSource and VideoFolder both have clips(batch, frames, rng, anchor_gap, film) -> (video
   [B, C, T, H, W] in [-1, 1], prompts, control [B, T, 2] (NaN: none), anchor [B, C, H, W]).
 
 Try it: python data.py   (writes shapes.gif, a few clips of the world)
@@ -46,8 +46,8 @@ class World:
     speed: tuple = (0.02, 0.05)   # speed range, per frame
     overlap: bool = True          # may a shape pass in front of another? (else they bounce)
     backgrounds: int = 4          # how many of BACKGROUNDS scenes draw from
-    p_event: float = 0.2          # share of training clips with a scene event after their motion
-                                  # frames
+    p_event: float = 0.2          # share of film-mode training clips with a scene event after
+                                  # their motion frames
     p_control: float = 0.2        # share of training clips whose shape 0 follows a control path
 
 
@@ -268,20 +268,23 @@ class ShapesSource:
         self.res, self.motion = resolution, motion_frames
         self.world = WORLDS[world] if isinstance(world, str) else world
 
-    def clips(self, batch: int, frames: int, rng: np.random.Generator, anchor_gap: int = 0):
+    def clips(self, batch: int, frames: int, rng: np.random.Generator, anchor_gap: int = 0,
+              film: np.ndarray | None = None):
         """-> video [B, C, T, H, W], prompts, control [B, T, 2] (NaN: none) and an anchor frame
         [B, C, H, W] of the same world: with anchor_gap 0 a random frame of the clip itself (the
         SVI 1.0 recipe), else the world's first frame, 0 to anchor_gap frames before the clip's
-        (SVI 2.0: the anchor tells who is in the scene, not where they are now)."""
+        (SVI 2.0: the anchor tells who is in the scene, not where they are now). Given film [B]
+        (the clips in film mode), scene events come only in those: in shot mode the anchor holds
+        who is in the scene, and a shape recoloured there would teach the model to break it."""
         videos, prompts, controls, anchors = [], [], [], []
-        for _ in range(batch):
+        for b in range(batch):
             world = ShapesWorld(int(rng.integers(2 ** 31)), self.res, self.world,
                                 control=bool(rng.random() < self.world.p_control))
             if anchor_gap > 0:
                 anchors.append(world.render())
                 for _ in range(int(rng.integers(anchor_gap + 1))):
                     world.step()
-            if rng.random() < self.world.p_event:
+            if rng.random() < self.world.p_event and (film is None or film[b]):
                 first = world.frames(self.motion)
                 world.event()
                 video = np.concatenate([first, world.frames(frames - self.motion)])
@@ -366,8 +369,10 @@ class VideoFolder:
             raise ValueError(f"--data {folder!r}: no usable video ({', '.join(VIDEO_EXTENSIONS)}, "
                              f"at least {frames} frames) among {len(names)} candidate file(s)")
 
-    def clips(self, batch: int, frames: int, rng: np.random.Generator, anchor_gap: int = 0):
-        """As ShapesSource.clips; the anchor is a frame of the same video."""
+    def clips(self, batch: int, frames: int, rng: np.random.Generator, anchor_gap: int = 0,
+              film: np.ndarray | None = None):
+        """As ShapesSource.clips; the anchor is a frame of the same video (film: unused, a
+        user's video has the events it has)."""
         videos, prompts, anchors = [], [], []
         for _ in range(batch):
             i = int(rng.integers(len(self.videos)))

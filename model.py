@@ -426,7 +426,7 @@ def load_checkpoint(path: str) -> Checkpoint:
     if state["model_cfg"].get("prediction", "v") not in ("v", "x"):
         raise ValueError(f"{path}: prediction {state['model_cfg']['prediction']!r}; "
                          "this svi knows v and x")
-    if "sampling" not in state:  # written before checkpoints recorded it (checkpoints/base.pt)
+    if "sampling" not in state:  # written before checkpoints recorded it (checkpoints/vpred/)
         old = state.get("train_cfg", {})
         state["sampling"] = dict(motion_frames=old.get("motion_frames", 2),
                                  shift=old.get("shift", 1.0), world=old.get("world", "hard"))

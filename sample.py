@@ -1,14 +1,15 @@
 """
 sample.py: infinite video generation, one clip after another (the inference loop of SVI).
 
-Each clip is generated from noise by steps of the rectified flow (Euler steps with the noise drawn
-anew at each step by default: flow.euler_sample, --eta), conditioned on the last m frames of the
-previous clip (its "motion frames") and, in shot mode, on the anchor image (in film mode on
-zeros, so the scene may change with the prompt). The first clip starts from a frame of the
-synthetic world (or --image). The m overlapping frames are dropped when clips are joined, so N
-clips of T frames make N * (T - m) + m frames. Frames go to disk as each clip finishes: memory does
-not grow with N, and Ctrl-C leaves a playable video of the clips done so far. Next to the video,
-a strip (out/video.png) holds the last frame of clip 1 and of every fifth of the video.
+Each clip is generated from noise by steps of the rectified flow (flow.euler_sample, as the
+checkpoint records it: for checkpoints/base.pt DDPM's step, a share of the noise drawn anew each
+step; --eta sets another), conditioned on the last m frames of the previous clip (its "motion
+frames") and, in shot mode, on the anchor image (in film mode on zeros, so the scene may change
+with the prompt). The first clip starts from a frame of the synthetic world (or --image). The m
+overlapping frames are dropped when clips are joined, so N clips of T frames make N * (T - m) + m
+frames. Frames go to disk as each clip finishes: memory does not grow with N, and Ctrl-C leaves a
+playable video of the clips done so far. Next to the video, a strip (out/video.png) holds the last
+frame of clip 1 and of every fifth of the video.
 
     python sample.py --chunks 50                 # out/video.mp4 from the best shipped model
     python sample.py --chunks 20 --ckpt out/ckpt.pt           # from your own training run

@@ -3,6 +3,7 @@ train.py: train svi's video DiT with rectified flow: the base model on clean con
 fine-tune it, with or without Error-Recycling Fine-Tuning (ERFT, errors.py).
 
     python train.py                                            # base model, preset T, this CPU
+    python train.py --steps 24000 --export checkpoints/base.pt # the shipped base's recipe, 3 h
     python train.py --init-from out/ckpt.pt --erft --steps 1500 --out out/erft
     python train.py --init-from out/ckpt.pt --steps 1500 --out out/clean    # clean fine-tune
     python train.py --resume --out out/erft                    # continue where it stopped
@@ -80,8 +81,9 @@ def make_batch(source, cfg: TrainConfig, n: int, rng, gen, text_len: int, device
     frame of the clip or from before it), prompts and control streams; with a pool, the first
     --p-pool of them are the pool's: the model's own motion frames, the real clip that follows."""
     T, m = cfg.frames, cfg.motion_frames
-    video, prompts, control, anchor = source.clips(n, T, rng, cfg.anchor_gap)
-    film = torch.from_numpy(rng.random(n) < cfg.p_film)
+    film = rng.random(n) < cfg.p_film  # [B] film mode: no anchor, so scene events may come
+    video, prompts, control, anchor = source.clips(n, T, rng, cfg.anchor_gap, film)
+    film = torch.from_numpy(film)
     anchor = anchor * (~film).float().view(-1, 1, 1, 1)  # [B, C, H, W], zeros in film mode
     motion = video[:, :, :m]                             # [B, C, m, H, W]
     if pool is not None:  # (its anchors are zeros in its own film-mode entries)

@@ -137,6 +137,16 @@ def test_source_clips():
     assert all((video[i] == anchor[i, :, None]).all(dim=(0, 2, 3)).any() for i in range(8))
 
 
+def test_scene_events_come_only_in_film_mode_clips():
+    """In shot mode the anchor holds who is in the scene: no shape changes colour or appears."""
+    source = ShapesSource(32, 2, World(overlap=False, p_event=1.0, p_control=0.0))
+    film = np.arange(8) % 2 == 1
+    video = source.clips(8, 6, np.random.default_rng(0), anchor_gap=4, film=film)[0]
+    colours = lambda x: set(map(tuple, x.reshape(3, -1).T.tolist()))  # noqa: E731
+    changed = [colours(video[i, :, 0]) != colours(video[i, :, -1]) for i in range(8)]
+    assert changed == film.tolist()  # every event changes a colour, the background or the count
+
+
 def test_source_anchor_before_the_clip():
     """anchor_gap > 0: the anchor is the same world (same colours) some frames before the clip,
     mostly not one of the clip's frames; with the control path it is where the path was then."""

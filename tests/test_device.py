@@ -126,13 +126,14 @@ def test_a_two_clip_rollout_stays_on_the_device(tmp_path, flags):
 
 def test_bf16_autocast_trains_with_an_fp32_loss_and_banks_in_their_dtype(tmp_path, base_ckpt):
     """The CUDA dtype path (--precision auto on CUDA is bf16), run under CPU autocast."""
-    seen = []  # the dtype of each DiT output
+    seen = []  # the dtype of the DiT's last layer (x-prediction's v is then formed in fp32)
     cfg = tiny_config(tmp_path, precision="bf16", erft=True, init_from=base_ckpt, steps=2,
                       p_clean=0.0, bank_dtype="bfloat16")
     procs = train.setup_processes(cfg)
     assert isinstance(procs.autocast, torch.autocast)
     run = train.build(cfg, "cpu")
-    handle = run.model.register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    handle = run.model.final_layer.register_forward_hook(
+        lambda module, args, out: seen.append(out.dtype))
     source = ShapesSource(16, 2)
     losses = [train.train_step(run, run.model, cfg, procs) for _ in range(2)]
     handle.remove()
