@@ -134,7 +134,6 @@ def test_bf16_autocast_trains_with_an_fp32_loss_and_banks_in_their_dtype(tmp_pat
     run = train.build(cfg, "cpu")
     handle = run.model.final_layer.register_forward_hook(
         lambda module, args, out: seen.append(out.dtype))
-    source = ShapesSource(16, 2)
     losses = [train.train_step(run, run.model, cfg, procs) for _ in range(2)]
     handle.remove()
     assert seen == [torch.bfloat16] * 2  # the DiT ran in bf16
