@@ -18,9 +18,12 @@ DIAGNOSTIC.png to --out:
   slope says whether it corrects (< 1) or amplifies (> 1) what it is given, and the next clip's
   count error whether an erased shape comes back;
 - errors: banked one-step errors per flow-time bucket (and banked rollout errors, and a rollout
-  pool's errors, if the run has any) against rollout errors per clip: RMS, the share of energy
+  pool's errors, if the run has any) against rollout errors per clip, and against two draws (a
+  second rollout from the same first frames with other noise, minus the first: how far apart
+  the model's own rollouts drift; at clip 1, the spread of one clip): RMS, the share of energy
   at low spatial frequency, the shapes a frame loses when the error is put on real frames (a
-  rollout's or a pool's on its own), and a picture of a few of each.
+  rollout's or a pool's on its own; two draws: the first draw's shapes the second lacks), and a
+  picture of a few of each.
 """
 import os
 
@@ -283,9 +286,11 @@ def error_stats(bank, rollout_errors, real, bank_roll=None):
 
 def errors_table(rows) -> str:
     lines = ["### errors", "", f"Banked one-step errors per flow-time bucket against rollout "
-             f"errors: RMS, the share of energy within {LOW:g} x the frame side in spatial "
-             "frequency, and the shapes a frame loses when the error is put on real frames "
-             "(banked errors on the worlds' first clips, rollout and pool errors on their own).",
+             "errors, and two draws (a second rollout from the same first frames with other "
+             f"noise, minus the first): RMS, the share of energy within {LOW:g} x the frame side "
+             "in spatial frequency, and the shapes a frame loses when the error is put on real "
+             "frames (banked errors on the worlds' first clips, rollout and pool errors on their "
+             "own; two draws on the first draw: the shapes the draws disagree on).",
              "",
              "| errors | count | RMS | low-frequency share | shapes lost per frame |",
              "|---|---|---|---|---|"]
@@ -354,13 +359,19 @@ def diagnose(args, models, sampling, world) -> str:
         T, m = model.cfg.frames, model.sampling.motion_frames
         reals = real_worlds(model, setting, args.seeds, args.chunks, world)
         video = real_video(reals)  # [S, C, T + (chunks - 1)(T - m), H, W]
-        error = free_video(model, reals, args.chunks, setting, sampling, args.noise_seed) - video
-        clips, real = (v[:, :, T:].unflatten(2, (args.chunks - 1, T - m)).transpose(1, 2)
-                       for v in (error, video))  # each [S, chunks - 1, C, T - m, H, W]
-        groups = {f"rollout, clip {k}": (clips[:, k - 2], real[:, k - 2])
-                  for k in HEADROOM_CLIPS if 2 <= k <= args.chunks}
-        every = (clips.flatten(0, 1), real.flatten(0, 1))  # each [S (chunks - 1), C, T - m, H, W]
+        draws = [free_video(model, reals, args.chunks, setting, sampling, args.noise_seed + i)
+                 for i in (0, 1)]  # the same rollout with two draws of noise
+        per_clip = lambda v: v[:, :, m:].unflatten(2, (args.chunks, T - m)).transpose(1, 2)
+        clips, real, other, own = (per_clip(v) for v in (
+            draws[0] - video, video, draws[1] - draws[0], draws[0]))  # [S, chunks, C, T - m, H, W]
+        groups = {}
+        for k in (k for k in HEADROOM_CLIPS if k <= args.chunks):
+            groups[f"rollout, clip {k}"] = (clips[:, k - 1], real[:, k - 1])
+            groups[f"two draws, clip {k}"] = (other[:, k - 1], own[:, k - 1])
+        every = (clips[:, 1:].flatten(0, 1), real[:, 1:].flatten(0, 1))  # [S (chunks - 1), ...]
         groups[f"rollout, clips 2-{args.chunks}"] = every
+        groups[f"two draws, clips 2-{args.chunks}"] = (other[:, 1:].flatten(0, 1),
+                                                       own[:, 1:].flatten(0, 1))
         groups.update(pool_errors(pool) if pool is not None else {})
         text = errors_table(error_stats(bank, groups, video[:, :, :T], bank_roll))
         recycled = bank.first_frames(8) if bank is not None else \

@@ -371,6 +371,9 @@ def test_the_errors_diagnostic_puts_a_pools_errors_back_on_their_own_videos(tmp_
                                  "--sample-steps", "1", "--out", str(tmp_path / "out")]))
     table = (tmp_path / "out" / "errors.md").read_text()
     assert "| pool, clip 1 | 2 |" in table and "| pool, clips 1-2 | 4 |" in table
+    assert "| rollout, clip 1 | 2 |" in table and "| two draws, clips 2-2 | 2 |" in table
+    spread = float(table.split("| two draws, clip 1 | 2 | ")[1].split(" |")[0])
+    assert spread > 0  # the second draw has noise of its own
     assert "banked, t" not in table
 
 
