@@ -360,7 +360,7 @@ def diagnose(args, models, sampling, world) -> str:
         reals = real_worlds(model, setting, args.seeds, args.chunks, world)
         video = real_video(reals)  # [S, C, T + (chunks - 1)(T - m), H, W]
         draws = [free_video(model, reals, args.chunks, setting, sampling, args.noise_seed + i)
-                 for i in (0, 1)]  # the same rollout with two draws of noise
+                 for i in (0, 1)]  # two rollouts from the same first frames, other noise
         per_clip = lambda v: v[:, :, m:].unflatten(2, (args.chunks, T - m)).transpose(1, 2)
         clips, real, other, own = (per_clip(v) for v in (
             draws[0] - video, video, draws[1] - draws[0], draws[0]))  # [S, chunks, C, T - m, H, W]
